@@ -1,0 +1,447 @@
+"""Loading the backbones people actually have on disk, fully offline.
+
+Supported families and layouts:
+
+* **SD1.5** – single-file checkpoints with the original LDM key names
+  (``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.transformer.*``)
+  and diffusers folders (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``).
+* **SVD** (img2vid / img2vid-xt) – single-file sgm checkpoints (see :mod:`.convert_svd`) and
+  diffusers folders (``unet/ vae/ image_encoder/ feature_extractor/ scheduler/``).
+* **AnimateDiff motion modules** – ``mm_sd_v15_v2``-style files and diffusers MotionAdapter folders.
+* **ControlNet** – original single files (``control_model.*``) and diffusers folders.
+
+Single files carry no architecture config, and diffusers' ``from_single_file`` would fetch one
+from the hub.  We never let it: the architecture is *read from the tensor shapes* (so full-size
+and tiny test models go through the same path), merged over the reference configs shipped in
+``models/configs/``, written to a private temporary folder and handed to ``from_single_file``
+with ``local_files_only=True``.  Settings that shapes cannot reveal (head counts) come from the
+reference config of the family.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import torch
+
+from .errors import BadModelFileError, MissingModelError
+from .weights import detect_family, file_hash, find_weight, read_state_dict
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+def reference_config(name: str) -> Dict[str, Any]:
+    with open(os.path.join(CONFIG_DIR, name), encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> fp16 on CUDA, fp32 elsewhere; otherwise the named dtype."""
+    if name == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {name!r}")
+    return DTYPES[name]
+
+
+@dataclass
+class Backbone:
+    """Everything a sampler needs from one loaded base model.  Treated as immutable by the pack:
+    nodes that add parts return :meth:`with_parts` copies, never edit one in place."""
+
+    family: str  # "sd15" | "svd"
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    scheduler_config: Dict[str, Any]
+    dtype: torch.dtype
+    device: torch.device
+    text_encoder: Optional[torch.nn.Module] = None
+    tokenizer: Any = None
+    image_encoder: Optional[torch.nn.Module] = None
+    feature_extractor: Any = None
+    motion_adapter: Optional[torch.nn.Module] = None
+    controlnet: Optional[torch.nn.Module] = None
+    source: Dict[str, str] = field(default_factory=dict)
+
+    def with_parts(self, **parts) -> "Backbone":
+        src = dict(self.source)
+        src.update(parts.pop("source", {}))
+        return replace(self, source=src, **parts)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def _config_dir(config: Dict[str, Any]):
+    with tempfile.TemporaryDirectory(prefix="performer_cfg_") as d:
+        with open(os.path.join(d, "config.json"), "w", encoding="utf-8") as fh:
+            json.dump(config, fh)
+        yield d
+
+
+def _strip(sd: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _indices(keys: Iterable[str], pattern: str) -> List[int]:
+    rx = re.compile(pattern)
+    return sorted({int(m.group(1)) for k in keys if (m := rx.match(k))})
+
+
+def _require(sd, key, path, what):
+    if key not in sd:
+        raise BadModelFileError(f"'{path}' is missing '{key}': not a complete {what} checkpoint.")
+    return sd[key]
+
+
+def _place(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------- LDM UNet shapes
+
+
+def infer_ldm_unet_layout(sd: Dict[str, torch.Tensor], path: str = "") -> Dict[str, Any]:
+    """Architecture of an LDM/sgm UNet from its (prefix-stripped) state dict."""
+    conv_in = _require(sd, "input_blocks.0.0.weight", path, "UNet")
+    model_channels, in_channels = conv_in.shape[0], conv_in.shape[1]
+    out_channels = _require(sd, "out.2.weight", path, "UNet").shape[0]
+    blocks = _indices(sd, r"input_blocks\.(\d+)\.")
+    downs = [i for i in blocks if f"input_blocks.{i}.0.op.weight" in sd]
+    levels = len(downs) + 1
+    layers = (len(blocks) - 1 - len(downs)) // levels
+    mult, attn, depth = [], [], 1
+    for lvl in range(levels):
+        first = 1 + lvl * (layers + 1)
+        mult.append(sd[f"input_blocks.{first}.0.out_layers.3.weight"].shape[0] // model_channels)
+        tb = _indices(sd, rf"input_blocks\.{first}\.1\.transformer_blocks\.(\d+)\.")
+        attn.append(bool(tb))
+        if tb:
+            depth = len(tb)
+    k = next((k for k in sd if k.endswith("attn2.to_k.weight") and "time_stack" not in k), None)
+    proj = next((v for k, v in sd.items() if k.endswith(".1.proj_in.weight")), None)
+    return dict(
+        model_channels=model_channels,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        channel_mult=mult,
+        layers_per_block=layers,
+        attention=attn,
+        transformer_depth=depth,
+        context_dim=None if k is None else sd[k].shape[1],
+        linear_proj=proj is not None and proj.ndim == 2,
+        adm_in_channels=sd["label_emb.0.0.weight"].shape[1] if "label_emb.0.0.weight" in sd else None,
+    )
+
+
+def _sd15_unet_config(lay: Dict[str, Any]) -> Dict[str, Any]:
+    cfg = reference_config("sd15_unet.json")
+    n = len(lay["channel_mult"])
+    cfg.update(
+        in_channels=lay["in_channels"],
+        out_channels=lay["out_channels"],
+        block_out_channels=[lay["model_channels"] * m for m in lay["channel_mult"]],
+        layers_per_block=lay["layers_per_block"],
+        cross_attention_dim=lay["context_dim"],
+        transformer_layers_per_block=lay["transformer_depth"],
+        use_linear_projection=lay["linear_proj"],
+        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in lay["attention"]],
+        up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(lay["attention"])],
+    )
+    cfg["norm_num_groups"] = min(cfg["norm_num_groups"], lay["model_channels"])
+    assert len(cfg["down_block_types"]) == n
+    return cfg
+
+
+def infer_ldm_vae_config(sd: Dict[str, torch.Tensor], path: str = "", reference: str = "sd15_vae.json") -> Dict[str, Any]:
+    conv_in = _require(sd, "encoder.conv_in.weight", path, "VAE")
+    ch = conv_in.shape[0]
+    downs = _indices(sd, r"encoder\.down\.(\d+)\.")
+    layers = len(_indices(sd, r"encoder\.down\.0\.block\.(\d+)\."))
+    mult = [sd[f"encoder.down.{i}.block.{layers - 1}.conv2.weight"].shape[0] // ch for i in downs]
+    cfg = reference_config(reference)
+    cfg.update(
+        in_channels=conv_in.shape[1],
+        out_channels=_require(sd, "decoder.conv_out.weight", path, "VAE").shape[0],
+        block_out_channels=[ch * m for m in mult],
+        layers_per_block=layers,
+        latent_channels=sd["decoder.conv_in.weight"].shape[1],
+        down_block_types=[cfg["down_block_types"][0]] * len(mult),
+    )
+    if "up_block_types" in cfg:
+        cfg["up_block_types"] = [cfg["up_block_types"][0]] * len(mult)
+    if "norm_num_groups" in cfg:
+        cfg["norm_num_groups"] = min(cfg["norm_num_groups"], ch)
+    return cfg
+
+
+def infer_clip_text_config(sd: Dict[str, torch.Tensor], path: str = ""):
+    from transformers import CLIPTextConfig
+
+    tok = _require(sd, "embeddings.token_embedding.weight", path, "CLIP text encoder")
+    hidden = tok.shape[1]
+    ref = reference_config("sd15_text_encoder.json")
+    ref.update(
+        vocab_size=tok.shape[0],
+        hidden_size=hidden,
+        max_position_embeddings=sd["embeddings.position_embedding.weight"].shape[0],
+        num_hidden_layers=len(_indices(sd, r"encoder\.layers\.(\d+)\.")),
+        intermediate_size=sd["encoder.layers.0.mlp.fc1.weight"].shape[0],
+        # Head count is not stored in the weights; SD1.5's encoder uses 64-d heads.
+        num_attention_heads=max(1, hidden // 64),
+    )
+    return CLIPTextConfig(**ref)
+
+
+def _text_encoder_state(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    te = _strip(sd, "cond_stage_model.transformer.")
+    te = {(k[len("text_model."):] if k.startswith("text_model.") else k): v for k, v in te.items()}
+    te.pop("embeddings.position_ids", None)
+    return te
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def load_clip_tokenizer(search_dirs: Sequence[str]):
+    """CLIP BPE tokenizer from the first directory holding ``vocab.json`` + ``merges.txt``.
+
+    Single-file SD1.5 checkpoints do not contain the tokenizer.  Inside ComfyUI the nodes pass
+    ComfyUI's own ``comfy/sd1_tokenizer`` (the same OpenAI CLIP BPE); a diffusers folder brings
+    its own ``tokenizer/``.
+    """
+    from transformers import CLIPTokenizer
+
+    for d in search_dirs:
+        if d and all(os.path.isfile(os.path.join(d, f)) for f in TOKENIZER_FILES):
+            return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))
+    raise MissingModelError(
+        "tokenizer", ["vocab.json + merges.txt"], search_dirs,
+        "Single-file SD1.5 checkpoints need the CLIP tokenizer; ComfyUI ships it in comfy/sd1_tokenizer.",
+    )
+
+
+# ----------------------------------------------------------------------------- SD1.5
+
+
+def load_sd15(path: str, *, device=None, dtype=torch.float32, tokenizer_dirs: Sequence[str] = ()) -> Backbone:
+    """SD1.5 from a single-file LDM checkpoint or a diffusers folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    device = torch.device(device or default_device())
+    if os.path.isdir(path):
+        _need_dirs(path, ("unet", "vae", "text_encoder"), "SD1.5 diffusers folder")
+        kw = dict(local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(os.path.join(path, "text_encoder"), **kw)
+        tokenizer = load_clip_tokenizer([os.path.join(path, "tokenizer"), *tokenizer_dirs])
+        sched = _scheduler_from_folder(path, "sd15_scheduler.json")
+        src = {"backbone": path, "backbone_layout": "diffusers"}
+    else:
+        sd = read_state_dict(path)
+        fam = detect_family(sd)
+        if fam != "sd15":
+            raise BadModelFileError(f"'{os.path.basename(path)}' is a {fam} checkpoint, not SD1.5.")
+        unet_sd = _strip(sd, "model.diffusion_model.")
+        with _config_dir(_sd15_unet_config(infer_ldm_unet_layout(unet_sd, path))) as d:
+            unet = UNet2DConditionModel.from_single_file(sd, config=d, local_files_only=True)
+        with _config_dir(infer_ldm_vae_config(_strip(sd, "first_stage_model."), path)) as d:
+            vae = AutoencoderKL.from_single_file(sd, config=d, local_files_only=True)
+        te_sd = _text_encoder_state(sd)
+        text_encoder = CLIPTextModel(infer_clip_text_config(te_sd, path))
+        missing, unexpected = text_encoder.load_state_dict(te_sd, strict=False)
+        if missing or unexpected:
+            raise BadModelFileError(f"'{path}': text encoder keys do not match CLIP (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+        tokenizer = load_clip_tokenizer(tokenizer_dirs)
+        sched = reference_config("sd15_scheduler.json")
+        src = {"backbone": path, "backbone_layout": "single_file", "backbone_hash": file_hash(path)}
+    return Backbone(
+        family="sd15", unet=_place(unet, device, dtype), vae=_place(vae, device, dtype),
+        text_encoder=_place(text_encoder, device, dtype), tokenizer=tokenizer,
+        scheduler_config=sched, dtype=dtype, device=device, source=src,
+    )
+
+
+def _need_dirs(path: str, subdirs: Sequence[str], what: str) -> None:
+    missing = [s for s in subdirs if not os.path.isdir(os.path.join(path, s))]
+    if missing:
+        raise MissingModelError(
+            os.path.basename(path.rstrip("/")), [f"{s}/" for s in missing], [path],
+            f"A {what} needs the sub-folders {', '.join(subdirs)}.",
+        )
+
+
+def _scheduler_from_folder(path: str, fallback: str) -> Dict[str, Any]:
+    p = os.path.join(path, "scheduler", "scheduler_config.json")
+    if os.path.isfile(p):
+        with open(p, encoding="utf-8") as fh:
+            return json.load(fh)
+    return reference_config(fallback)
+
+
+# ----------------------------------------------------------------------------- SVD
+
+
+def load_svd(path: str, *, device=None, dtype=torch.float32) -> Backbone:
+    """Stable Video Diffusion (img2vid / -xt) from a single sgm checkpoint or a diffusers folder."""
+    from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    from . import convert_svd
+
+    device = torch.device(device or default_device())
+    if os.path.isdir(path):
+        _need_dirs(path, ("unet", "vae", "image_encoder"), "SVD diffusers folder")
+        kw = dict(local_files_only=True)
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(path, subfolder="unet", **kw)
+        vae = AutoencoderKLTemporalDecoder.from_pretrained(path, subfolder="vae", **kw)
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(os.path.join(path, "image_encoder"), **kw)
+        fe_dir = os.path.join(path, "feature_extractor")
+        fe = CLIPImageProcessor.from_pretrained(fe_dir, **kw) if os.path.isdir(fe_dir) else convert_svd.default_image_processor()
+        sched = _scheduler_from_folder(path, "svd_scheduler.json")
+        src = {"backbone": path, "backbone_layout": "diffusers"}
+    else:
+        sd = read_state_dict(path)
+        fam = detect_family(sd)
+        if fam != "svd":
+            raise BadModelFileError(f"'{os.path.basename(path)}' is a {fam} checkpoint, not Stable Video Diffusion.")
+        unet, vae, image_encoder = convert_svd.build_from_sgm(sd, path)
+        fe = convert_svd.default_image_processor()
+        sched = reference_config("svd_scheduler.json")
+        src = {"backbone": path, "backbone_layout": "single_file", "backbone_hash": file_hash(path)}
+    return Backbone(
+        family="svd", unet=_place(unet, device, dtype), vae=_place(vae, device, dtype),
+        image_encoder=_place(image_encoder, device, dtype), feature_extractor=fe,
+        scheduler_config=sched, dtype=dtype, device=device, source=src,
+    )
+
+
+# ----------------------------------------------------------------------------- auto
+
+
+def load_backbone(path: str, *, device=None, dtype=torch.float32, tokenizer_dirs: Sequence[str] = ()) -> Backbone:
+    """Recognise the family (SD1.5 or SVD) of a file or diffusers folder and load it."""
+    if os.path.isdir(path):
+        fam = "svd" if os.path.isdir(os.path.join(path, "image_encoder")) else "sd15"
+        idx = os.path.join(path, "model_index.json")
+        if os.path.isfile(idx):
+            with open(idx, encoding="utf-8") as fh:
+                cls = json.load(fh).get("_class_name", "")
+            fam = "svd" if "VideoDiffusion" in cls else "sd15"
+    else:
+        # Peek at the keys only (safetensors reads the header without the tensors).
+        fam = _peek_family(path)
+    if fam == "svd":
+        return load_svd(path, device=device, dtype=dtype)
+    return load_sd15(path, device=device, dtype=dtype, tokenizer_dirs=tokenizer_dirs)
+
+
+def _peek_family(path: str) -> str:
+    if path.endswith(".safetensors") and os.path.isfile(path):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, framework="pt") as f:
+                keys = list(f.keys())
+        except Exception as exc:  # noqa: BLE001
+            raise BadModelFileError(f"Could not read weight file '{path}': {exc}") from exc
+        return "svd" if any(".time_stack." in k for k in keys) else "sd15"
+    return detect_family(read_state_dict(path))
+
+
+# ----------------------------------------------------------------------------- AnimateDiff
+
+
+def infer_motion_adapter_config(sd: Dict[str, torch.Tensor]) -> Dict[str, Any]:
+    cfg = reference_config("motion_adapter.json")
+    downs = _indices(sd, r"down_blocks\.(\d+)\.motion_modules\.")
+    chans, layers = [], 1
+    for i in downs:
+        mods = _indices(sd, rf"down_blocks\.{i}\.motion_modules\.(\d+)\.")
+        layers = len(mods)
+        w = next(v for k, v in sd.items() if k.startswith(f"down_blocks.{i}.motion_modules.0.") and k.endswith("proj_in.weight"))
+        chans.append(w.shape[0])
+    mid = _indices(sd, r"mid_block\.motion_modules\.(\d+)\.")
+    pe = next((v for k, v in sd.items() if k.endswith("pos_encoder.pe")), None)
+    tb = _indices(sd, r"down_blocks\.0\.motion_modules\.0\.(?:temporal_transformer\.)?transformer_blocks\.(\d+)\.")
+    cfg.update(
+        block_out_channels=chans,
+        motion_layers_per_block=layers,
+        motion_transformer_layers_per_block=max(1, len(tb)),
+        use_motion_mid_block=bool(mid),
+        motion_mid_block_layers_per_block=max(1, len(mid)),
+        motion_max_seq_length=pe.shape[1] if pe is not None else cfg["motion_max_seq_length"],
+        motion_norm_num_groups=min(cfg["motion_norm_num_groups"], min(chans)),
+    )
+    return cfg
+
+
+def load_motion_adapter(path: str, *, device=None, dtype=torch.float32):
+    """AnimateDiff motion module (``mm_sd_v15_v2.safetensors``-style file, or a diffusers MotionAdapter folder)."""
+    from diffusers import MotionAdapter
+
+    device = torch.device(device or default_device())
+    if os.path.isdir(path):
+        ad = MotionAdapter.from_pretrained(path, local_files_only=True)
+    else:
+        sd = read_state_dict(path)
+        if detect_family(sd) != "motion_module":
+            raise BadModelFileError(f"'{os.path.basename(path)}' is not an AnimateDiff motion module.")
+        with _config_dir(infer_motion_adapter_config(sd)) as d:
+            ad = MotionAdapter.from_single_file(sd, config=d, local_files_only=True)
+    return _place(ad, device, dtype)
+
+
+# ----------------------------------------------------------------------------- ControlNet
+
+
+def load_controlnet(path: str, *, device=None, dtype=torch.float32):
+    """ControlNet (SD1.5) from an original single file (``control_v11p_sd15_openpose.pth``) or a diffusers folder."""
+    from diffusers import ControlNetModel
+
+    device = torch.device(device or default_device())
+    if os.path.isdir(path):
+        cn = ControlNetModel.from_pretrained(path, local_files_only=True)
+    else:
+        sd = read_state_dict(path)
+        if detect_family(sd) != "controlnet":
+            raise BadModelFileError(f"'{os.path.basename(path)}' is not a ControlNet checkpoint.")
+        if not any(k.startswith("control_model.") for k in sd):
+            sd = {"control_model." + k: v for k, v in sd.items()}
+        inner = _strip(sd, "control_model.")
+        lay = infer_ldm_unet_layout({**inner, "out.2.weight": torch.empty(4)}, path)
+        cfg = _sd15_unet_config(lay)
+        hint = [inner[f"input_hint_block.{i}.weight"] for i in _indices(inner, r"input_hint_block\.(\d+)\.weight")]
+        cn_cfg = reference_config("sd15_controlnet.json")
+        cn_cfg.update({k: cfg[k] for k in (
+            "in_channels", "block_out_channels", "layers_per_block", "cross_attention_dim",
+            "transformer_layers_per_block", "use_linear_projection", "down_block_types", "norm_num_groups")})
+        cn_cfg["conditioning_channels"] = hint[0].shape[1]
+        cn_cfg["conditioning_embedding_out_channels"] = [w.shape[0] for w in hint[:-1]][::2]
+        with _config_dir(cn_cfg) as d:
+            cn = ControlNetModel.from_single_file(sd, config=d, local_files_only=True)
+    return _place(cn, device, dtype)
+
+
+def clone_module(module: torch.nn.Module) -> torch.nn.Module:
+    """Deep copy for patch-a-clone workflows (processors, LoRA deltas) that must not touch the original."""
+    return copy.deepcopy(module)

@@ -1,0 +1,272 @@
+"""Tiny *real* model files in the on-disk layouts users have, for tests and the demo.
+
+The original single-file layouts are produced by ComfyUI's own model classes (the test host's
+ComfyUI 0.3.75): their ``state_dict()`` names *are* the LDM / sgm / ControlNet names that real
+``.safetensors`` files carry, so our loaders are checked against a layout we did not write.
+Diffusers folders are written with ``save_pretrained``; AnimateDiff motion modules are written in
+the original ``mm_sd_v15_v2`` naming (diffusers' own converter reads them back).
+
+Everything is seeded: ``build_models_tree(root)`` gives the same bytes every time.
+
+Needs ComfyUI importable (``sys.path`` holding the host's ComfyUI tree); see ``tests/host.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from typing import Dict
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+COMFY_DIR = os.path.join(REPO, ".host", "ComfyUI")
+
+# Tiny architecture settings.  Head counts follow the rules the loaders use for real models
+# (SD1.5: 8 heads; SVD UNet: 64-d heads; ViT: 80-d heads, at least one).
+SD15 = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, context_dim=32, num_heads=8)
+SVD = dict(model_channels=64, channel_mult=(1, 2), num_res_blocks=1, context_dim=32, adm_in_channels=96)
+VAE = dict(ch=32, ch_mult=[1, 2], num_res_blocks=2, z_channels=4)
+TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=1, vocab_size=49408,
+            max_position_embeddings=77, hidden_act="quick_gelu")
+VISION = dict(hidden=32, layers=2, patch=14, image_size=224, proj=32)
+
+
+def ensure_comfy_importable() -> None:
+    if COMFY_DIR not in sys.path:
+        sys.path.insert(0, COMFY_DIR)
+    import comfy.options
+
+    if not getattr(ensure_comfy_importable, "_done", False):
+        argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+        try:
+            comfy.options.enable_args_parsing()
+            import comfy.cli_args  # noqa: F401  (parses --cpu once)
+        finally:
+            sys.argv = argv
+        ensure_comfy_importable._done = True
+
+
+def _randomise(module: torch.nn.Module, seed: int, std: float = 0.05) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            if name.endswith("mix_factor"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif p.ndim == 1 and ("norm" in name or name.endswith(("ln_1.weight", "ln_2.weight"))) and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+    return module.eval()
+
+
+def _save(sd: Dict[str, torch.Tensor], path: str) -> str:
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    return path
+
+
+# ----------------------------------------------------------------------------- ComfyUI-made originals
+
+
+def comfy_sd15_unet(seed=1):
+    ensure_comfy_importable()
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    m = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=SD15["model_channels"],
+                  num_res_blocks=SD15["num_res_blocks"], channel_mult=SD15["channel_mult"],
+                  use_spatial_transformer=True, transformer_depth=[1, 0], transformer_depth_output=[1, 1, 0, 0],
+                  transformer_depth_middle=1, context_dim=SD15["context_dim"], num_heads=SD15["num_heads"],
+                  legacy=False, use_linear_in_transformer=False)
+    return _randomise(m, seed)
+
+
+def comfy_svd_unet(seed=2):
+    ensure_comfy_importable()
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    m = UNetModel(image_size=32, in_channels=8, out_channels=4, model_channels=SVD["model_channels"],
+                  num_res_blocks=SVD["num_res_blocks"], channel_mult=SVD["channel_mult"],
+                  use_spatial_transformer=True, transformer_depth=[1, 0], transformer_depth_output=[1, 1, 0, 0],
+                  transformer_depth_middle=1, context_dim=SVD["context_dim"], adm_in_channels=SVD["adm_in_channels"],
+                  num_classes="sequential", use_linear_in_transformer=True, num_heads=-1, num_head_channels=64,
+                  legacy=False, extra_ff_mix_layer=True, use_spatial_context=True,
+                  merge_strategy="learned_with_images", merge_factor=0.0, video_kernel_size=[3, 1, 1],
+                  use_temporal_resblock=True, use_temporal_attention=True, disable_temporal_crossattention=False,
+                  max_ddpm_temb_period=10000)
+    return _randomise(m, seed)
+
+
+def _ddconfig():
+    return dict(double_z=True, z_channels=VAE["z_channels"], resolution=256, in_channels=3, out_ch=3, ch=VAE["ch"],
+                ch_mult=VAE["ch_mult"], num_res_blocks=VAE["num_res_blocks"], attn_resolutions=[], dropout=0.0)
+
+
+def comfy_sd15_vae(seed=3):
+    ensure_comfy_importable()
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    return _randomise(AutoencoderKL(ddconfig=_ddconfig(), embed_dim=VAE["z_channels"]), seed)
+
+
+def comfy_svd_vae(seed=4):
+    ensure_comfy_importable()
+    from comfy.ldm.models.autoencoder import AutoencodingEngine
+
+    dec = dict(_ddconfig(), video_kernel_size=[3, 1, 1], alpha=0.0, merge_strategy="learned", time_mode="conv-only")
+    m = AutoencodingEngine(
+        regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
+        encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": _ddconfig()},
+        decoder_config={"target": "comfy.ldm.modules.temporal_ae.VideoDecoder", "params": dec})
+    return _randomise(m, seed)
+
+
+def comfy_controlnet(seed=5):
+    ensure_comfy_importable()
+    from comfy.cldm.cldm import ControlNet
+
+    m = ControlNet(image_size=32, in_channels=4, model_channels=SD15["model_channels"], hint_channels=3,
+                   num_res_blocks=SD15["num_res_blocks"], channel_mult=SD15["channel_mult"],
+                   use_spatial_transformer=True, transformer_depth=[1, 0], transformer_depth_middle=1,
+                   context_dim=SD15["context_dim"], num_heads=SD15["num_heads"], legacy=False,
+                   use_linear_in_transformer=False)
+    return _randomise(m, seed)
+
+
+def hf_text_encoder(seed=6):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    return _randomise(CLIPTextModel(CLIPTextConfig(**TEXT)), seed)
+
+
+def open_clip_visual_state(seed=7) -> Dict[str, torch.Tensor]:
+    """An open_clip ViT ``visual.*`` state dict (the layout inside SVD checkpoints)."""
+    g = torch.Generator().manual_seed(seed)
+    d, n = VISION["hidden"], (VISION["image_size"] // VISION["patch"]) ** 2 + 1
+
+    def r(*s, std=0.05):
+        return std * torch.randn(*s, generator=g)
+
+    sd = {"conv1.weight": r(d, 3, VISION["patch"], VISION["patch"]), "class_embedding": r(d),
+          "positional_embedding": r(n, d), "ln_pre.weight": 1 + r(d), "ln_pre.bias": r(d),
+          "ln_post.weight": 1 + r(d), "ln_post.bias": r(d), "proj": r(d, VISION["proj"])}
+    for i in range(VISION["layers"]):
+        b = f"transformer.resblocks.{i}."
+        sd.update({b + "ln_1.weight": 1 + r(d), b + "ln_1.bias": r(d), b + "ln_2.weight": 1 + r(d), b + "ln_2.bias": r(d),
+                   b + "attn.in_proj_weight": r(3 * d, d), b + "attn.in_proj_bias": r(3 * d),
+                   b + "attn.out_proj.weight": r(d, d), b + "attn.out_proj.bias": r(d),
+                   b + "mlp.c_fc.weight": r(4 * d, d), b + "mlp.c_fc.bias": r(4 * d),
+                   b + "mlp.c_proj.weight": r(d, 4 * d), b + "mlp.c_proj.bias": r(d)})
+    return sd
+
+
+def _prefixed(sd, prefix):
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def sd15_single_file_state() -> Dict[str, torch.Tensor]:
+    te = hf_text_encoder().state_dict()
+    te = {("text_model." + k if not k.startswith("text_model.") else k): v for k, v in te.items()}
+    return {**_prefixed(comfy_sd15_unet().state_dict(), "model.diffusion_model."),
+            **_prefixed(comfy_sd15_vae().state_dict(), "first_stage_model."),
+            **_prefixed(te, "cond_stage_model.transformer.")}
+
+
+def svd_single_file_state() -> Dict[str, torch.Tensor]:
+    return {**_prefixed(comfy_svd_unet().state_dict(), "model.diffusion_model."),
+            **_prefixed(comfy_svd_vae().state_dict(), "first_stage_model."),
+            **_prefixed(open_clip_visual_state(), "conditioner.embedders.0.open_clip.model.visual.")}
+
+
+def motion_module_original_state(seed=8) -> Dict[str, torch.Tensor]:
+    """A diffusers MotionAdapter written in AnimateDiff's original (mm_sd_v15_v2) key names."""
+    import re
+
+    from diffusers import MotionAdapter
+
+    ad = _randomise(MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=8,
+                                  motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True), seed)
+    out = {}
+    for k, v in ad.state_dict().items():
+        k = re.sub(r"(motion_modules\.\d+)\.", r"\1.temporal_transformer.", k)
+        k = (k.replace(".norm1.", ".norms.0.").replace(".norm2.", ".norms.1.").replace(".norm3.", ".ff_norm.")
+              .replace(".attn1.", ".attention_blocks.0.").replace(".attn2.", ".attention_blocks.1."))
+        out[k] = v
+    # Original files also carry the sinusoidal position tables.
+    for k in list(out):
+        if k.endswith("attention_blocks.0.to_q.weight") or k.endswith("attention_blocks.1.to_q.weight"):
+            c = out[k].shape[0]
+            pos = torch.arange(32).unsqueeze(1)
+            div = torch.exp(torch.arange(0, c, 2) * (-torch.log(torch.tensor(10000.0)) / c))
+            pe = torch.zeros(1, 32, c)
+            pe[0, :, 0::2], pe[0, :, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
+            out[k.replace("to_q.weight", "pos_encoder.pe")] = pe
+    return out
+
+
+# ----------------------------------------------------------------------------- the models tree
+
+
+def build_models_tree(root: str) -> Dict[str, str]:
+    """Write every tiny model into ``root`` laid out like ComfyUI's ``models/`` folder.
+
+    Returns a dict naming the files/folders written (relative to ``root``)."""
+    torch.manual_seed(0)
+    import performer_pkg  # noqa: F401  (registered by tests/conftest.py or scripts/demo.py)
+    from performer_pkg.models import backbones
+
+    paths = {
+        "sd15_file": "checkpoints/tiny_sd15.safetensors",
+        "svd_file": "checkpoints/tiny_svd.safetensors",
+        "sd15_dir": "diffusers/tiny_sd15",
+        "svd_dir": "diffusers/tiny_svd",
+        "mm_file": "animatediff_models/tiny_mm_sd_v15_v2.safetensors",
+        "mm_dir": "animatediff_models/tiny_motion_adapter",
+        "cn_file": "controlnet/tiny_control_sd15_openpose.safetensors",
+        "cn_dir": "controlnet/tiny_control_sd15_openpose_diffusers",
+    }
+    for sub in ("performer/pose", "performer/body", "performer/adapters", "performer/personalised", "performer/face", "clip_vision", "vae"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    P = {k: os.path.join(root, v) for k, v in paths.items()}
+    _save(sd15_single_file_state(), P["sd15_file"])
+    _save(svd_single_file_state(), P["svd_file"])
+    _save(motion_module_original_state(), P["mm_file"])
+    _save(_prefixed(comfy_controlnet().state_dict(), "control_model."), P["cn_file"])
+
+    tok = os.path.join(COMFY_DIR, "comfy", "sd1_tokenizer")
+    sd15 = backbones.load_sd15(P["sd15_file"], device="cpu", tokenizer_dirs=[tok])
+    _write_diffusers_folder(P["sd15_dir"], "StableDiffusionPipeline",
+                            dict(unet=sd15.unet, vae=sd15.vae, text_encoder=sd15.text_encoder), sd15.scheduler_config)
+    shutil.copytree(tok, os.path.join(P["sd15_dir"], "tokenizer"))
+    svd = backbones.load_svd(P["svd_file"], device="cpu")
+    _write_diffusers_folder(P["svd_dir"], "StableVideoDiffusionPipeline",
+                            dict(unet=svd.unet, vae=svd.vae, image_encoder=svd.image_encoder), svd.scheduler_config)
+    svd.feature_extractor.save_pretrained(os.path.join(P["svd_dir"], "feature_extractor"))
+    backbones.load_motion_adapter(P["mm_file"], device="cpu").save_pretrained(P["mm_dir"])
+    backbones.load_controlnet(P["cn_file"], device="cpu").save_pretrained(P["cn_dir"])
+    return paths
+
+
+def _write_diffusers_folder(path, class_name, parts, scheduler_config):
+    os.makedirs(path, exist_ok=True)
+    for name, module in parts.items():
+        module.save_pretrained(os.path.join(path, name))
+    os.makedirs(os.path.join(path, "scheduler"), exist_ok=True)
+    with open(os.path.join(path, "scheduler", "scheduler_config.json"), "w") as fh:
+        json.dump(scheduler_config, fh, indent=1)
+    index = {"_class_name": class_name, "_diffusers_version": "0.42.1"}
+    with open(os.path.join(path, "model_index.json"), "w") as fh:
+        json.dump(index, fh, indent=1)
+
+
+if __name__ == "__main__":  # python tests/tiny_models.py <root>
+    sys.path.insert(0, HERE)
+    import pack_alias
+
+    pack_alias.register_package()
+    print(json.dumps(build_models_tree(sys.argv[1]), indent=1))
