@@ -231,7 +231,7 @@ def load_clip_tokenizer(search_dirs: Sequence[str]):
 
     for d in search_dirs:
         if d and all(os.path.isfile(os.path.join(d, f)) for f in TOKENIZER_FILES):
-            return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"))
+            return CLIPTokenizer(os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt"), model_max_length=77)
     raise MissingModelError(
         "tokenizer", ["vocab.json + merges.txt"], search_dirs,
         "Single-file SD1.5 checkpoints need the CLIP tokenizer; ComfyUI ships it in comfy/sd1_tokenizer.",

@@ -1,0 +1,19 @@
+"""ComfyUI glue for ComfyUI-Performer: one module per stage, registered through the V3 extension API."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension
+
+from ._common import register_folders
+
+register_folders()
+
+# (comfy_api's ``io`` is deliberately not imported here: this package has its own ``io`` stage module.)
+from . import io as io_nodes  # noqa: E402  (folders must be registered before combos are listed)
+from . import sampling  # noqa: E402
+
+ALL_NODES = [*io_nodes.NODES, *sampling.NODES]
+
+
+class PerformerExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(ALL_NODES)

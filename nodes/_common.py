@@ -1,0 +1,113 @@
+"""Shared glue: model-folder registration, device/dtype choice, progress + interruption, socket types."""
+from __future__ import annotations
+
+import os
+from typing import List, Sequence
+
+import folder_paths
+from comfy_api.latest import io
+
+PIPE = io.Custom("PERFORMER_PIPE")
+CATEGORY = "Performer"
+
+# Folder kinds the pack reads.  Core kinds are reused where users already keep weights;
+# ``animatediff_models`` is also what AnimateDiff-Evolved registers, so both packs share it.
+PACK_FOLDERS = {
+    "performer_pose": ("performer/pose", {".onnx", ".pt", ".torchscript"}),
+    "performer_body": ("performer/body", {".npz"}),
+    "performer_adapters": ("performer/adapters", {".safetensors"}),
+    "performer_personalised": ("performer/personalised", {".safetensors"}),
+    "performer_face": ("performer/face", {".onnx"}),
+    "animatediff_models": ("animatediff_models", {".ckpt", ".pt", ".pth", ".safetensors"}),
+}
+
+
+def register_folders() -> None:
+    """Add the pack's folder kinds (idempotent; keeps paths added by extra_model_paths.yaml)."""
+    for kind, (sub, exts) in PACK_FOLDERS.items():
+        default = os.path.join(folder_paths.models_dir, sub)
+        entry = folder_paths.folder_names_and_paths.get(kind)
+        if entry is None:
+            folder_paths.folder_names_and_paths[kind] = ([default], set(exts))
+            continue
+        paths, known = entry
+        if default not in paths:
+            paths.append(default)
+        if known:  # an empty set means "any file"; keep it that way
+            known.update(exts)
+
+
+def weight_choices(*kinds: str, with_dirs: bool = True) -> List[str]:
+    """Files in the given folder kinds, plus diffusers-style sub-folders (those with a config)."""
+    out: List[str] = []
+    for kind in kinds:
+        out += folder_paths.get_filename_list(kind)
+        if with_dirs:
+            out += diffusers_dirs(kind)
+    return sorted(set(out))
+
+
+def diffusers_dirs(kind: str) -> List[str]:
+    found = []
+    for base in folder_paths.get_folder_paths(kind):
+        if not os.path.isdir(base):
+            continue
+        for root, dirs, files in os.walk(base, followlinks=True):
+            if "model_index.json" in files or ("config.json" in files and any(f.endswith((".safetensors", ".bin")) for f in files)):
+                found.append(os.path.relpath(root, base))
+                dirs[:] = []
+    return found
+
+
+def resolve(name: str, kinds: Sequence[str]) -> str:
+    """Full path of a file or diffusers folder chosen in a combo; a clear error if it is gone."""
+    from ..models.errors import MissingModelError
+
+    for kind in kinds:
+        p = folder_paths.get_full_path(kind, name)
+        if p:
+            return p
+        for base in folder_paths.get_folder_paths(kind):
+            d = os.path.join(base, name)
+            if os.path.isdir(d):
+                return d
+    searched = [p for k in kinds for p in folder_paths.get_folder_paths(k)]
+    raise MissingModelError("/".join(kinds), [name], searched)
+
+
+def comfy_tokenizer_dir() -> str:
+    import comfy.sd1_clip
+
+    return os.path.join(os.path.dirname(comfy.sd1_clip.__file__), "sd1_tokenizer")
+
+
+def device_and_dtype(dtype_name: str):
+    import comfy.model_management as mm
+
+    from ..models.backbones import resolve_dtype
+
+    device = mm.get_torch_device()
+    if dtype_name == "auto":
+        if device.type == "cpu":
+            return device, resolve_dtype("fp32", device)
+        return device, (resolve_dtype("bf16", device) if mm.should_use_bf16(device) else resolve_dtype("fp16", device))
+    return device, resolve_dtype(dtype_name, device)
+
+
+class Progress:
+    """Step callback for ``models/`` loops: ComfyUI progress bar + interruption check."""
+
+    def __init__(self, total: int):
+        import comfy.utils
+
+        self.bar = comfy.utils.ProgressBar(total)
+
+    def __call__(self, done: int, total: int) -> None:
+        import comfy.model_management as mm
+
+        mm.throw_exception_if_processing_interrupted()
+        self.bar.update_absolute(done, total)
+
+
+DTYPE_INPUT = dict(options=["auto", "fp32", "fp16", "bf16"], default="auto",
+                   tooltip="Weights/compute dtype. auto: bf16/fp16 on GPU (per ComfyUI's device checks), fp32 on CPU.")

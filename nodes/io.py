@@ -1,0 +1,106 @@
+"""Loader nodes: backbones, motion modules, ControlNets -> PERFORMER_PIPE (each returns a new pipe)."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ._common import CATEGORY, DTYPE_INPUT, PIPE, comfy_tokenizer_dir, device_and_dtype, resolve, weight_choices
+
+BACKBONE_KINDS = ("checkpoints", "diffusers")
+_CACHE: dict = {}
+
+
+class PerformerLoadBackbone(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerLoadBackbone",
+            display_name="Load Backbone (SD1.5 / SVD) 🎭",
+            category=f"{CATEGORY}/loaders",
+            description="Loads an SD1.5 or Stable Video Diffusion model, from a single-file checkpoint "
+                        "(models/checkpoints) or a diffusers folder (models/diffusers). The family is recognised "
+                        "from the weights. Nothing is downloaded.",
+            inputs=[
+                io.Combo.Input("model", options=weight_choices(*BACKBONE_KINDS),
+                               tooltip="Single file in models/checkpoints, or a diffusers folder in models/diffusers."),
+                io.Combo.Input("dtype", **DTYPE_INPUT),
+            ],
+            outputs=[PIPE.Output(display_name="pipe", tooltip="The loaded backbone; add a motion module or ControlNet with the Add nodes.")],
+        )
+
+    @classmethod
+    def execute(cls, model, dtype) -> io.NodeOutput:
+        from ..models.backbones import load_backbone
+
+        path = resolve(model, BACKBONE_KINDS)
+        device, dt = device_and_dtype(dtype)
+        key = (path, str(device), str(dt))
+        if key not in _CACHE:  # one copy per file/device/dtype; pipes are never mutated downstream
+            _CACHE.clear()
+            _CACHE[key] = load_backbone(path, device=device, dtype=dt, tokenizer_dirs=[comfy_tokenizer_dir()])
+        return io.NodeOutput(_CACHE[key])
+
+
+class PerformerAddMotionModule(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerAddMotionModule",
+            display_name="Add Motion Module (AnimateDiff) 🎭",
+            category=f"{CATEGORY}/loaders",
+            description="Adds an AnimateDiff motion module (mm_sd_v15_v2-style file or diffusers MotionAdapter folder "
+                        "from models/animatediff_models) to an SD1.5 pipe. Returns a new pipe; the input pipe is untouched.",
+            inputs=[
+                PIPE.Input("pipe", tooltip="An SD1.5 pipe from Load Backbone."),
+                io.Combo.Input("motion_module", options=weight_choices("animatediff_models"),
+                               tooltip="Motion module file or folder in models/animatediff_models."),
+            ],
+            outputs=[PIPE.Output(display_name="pipe", tooltip="A new pipe whose UNet carries the motion module.")],
+        )
+
+    @classmethod
+    def execute(cls, pipe, motion_module) -> io.NodeOutput:
+        from diffusers import UNetMotionModel
+
+        from ..models.backbones import load_motion_adapter
+        from ..models.errors import BadInputError
+
+        if pipe.family != "sd15":
+            raise BadInputError(f"Motion modules work with SD1.5 pipes; this pipe is {pipe.family}.")
+        if pipe.motion_adapter is not None:
+            raise BadInputError("This pipe already has a motion module.")
+        path = resolve(motion_module, ("animatediff_models",))
+        adapter = load_motion_adapter(path, device=pipe.device, dtype=pipe.dtype)
+        unet = UNetMotionModel.from_unet2d(pipe.unet, adapter).to(pipe.device, pipe.dtype).eval().requires_grad_(False)
+        return io.NodeOutput(pipe.with_parts(unet=unet, motion_adapter=adapter, source={"motion_module": path}))
+
+
+class PerformerAddControlNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerAddControlNet",
+            display_name="Add ControlNet (OpenPose) 🎭",
+            category=f"{CATEGORY}/loaders",
+            description="Adds an SD1.5 ControlNet (e.g. control_v11p_sd15_openpose, single file or diffusers folder "
+                        "from models/controlnet). Returns a new pipe.",
+            inputs=[
+                PIPE.Input("pipe", tooltip="An SD1.5 pipe."),
+                io.Combo.Input("controlnet", options=weight_choices("controlnet"),
+                               tooltip="ControlNet file or diffusers folder in models/controlnet."),
+            ],
+            outputs=[PIPE.Output(display_name="pipe", tooltip="A new pipe with the ControlNet attached.")],
+        )
+
+    @classmethod
+    def execute(cls, pipe, controlnet) -> io.NodeOutput:
+        from ..models.backbones import load_controlnet
+        from ..models.errors import BadInputError
+
+        if pipe.family != "sd15":
+            raise BadInputError(f"ControlNets here are SD1.5 ControlNets; this pipe is {pipe.family}.")
+        path = resolve(controlnet, ("controlnet",))
+        cn = load_controlnet(path, device=pipe.device, dtype=pipe.dtype)
+        return io.NodeOutput(pipe.with_parts(controlnet=cn, source={"controlnet": path}))
+
+
+NODES = [PerformerLoadBackbone, PerformerAddMotionModule, PerformerAddControlNet]
