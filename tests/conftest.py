@@ -1,0 +1,43 @@
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True, warn_only=True)
+
+# Network guard for the pytest process itself (the ComfyUI host loads the same module as sitecustomize).
+_NETLOG = os.path.join(HERE, ".netguard-pytest.log")
+os.environ.setdefault("PERFORMER_NETGUARD_LOG", _NETLOG)
+os.environ["HF_HUB_OFFLINE"] = "1"
+_spec = importlib.util.spec_from_file_location("performer_netguard", os.path.join(HERE, "netguard", "sitecustomize.py"))
+_guard = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_guard)
+
+import pack_alias  # noqa: E402
+
+pack_alias.register_package()
+
+
+@pytest.fixture(scope="session")
+def models_tree(tmp_path_factory):
+    import tiny_models
+
+    root = str(tmp_path_factory.mktemp("models"))
+    paths = tiny_models.build_models_tree(root)
+    return root, {k: os.path.join(root, v) for k, v in paths.items()}
+
+
+@pytest.fixture(scope="session")
+def host(models_tree, tmp_path_factory):
+    from host import ComfyHost
+
+    work = str(tmp_path_factory.mktemp("host"))
+    h = ComfyHost(work, models_tree[0]).start()
+    yield h
+    h.stop()
+    assert h.proc.poll() is not None, "ComfyUI host still running after stop()"
