@@ -23,7 +23,7 @@ class PerformerSampleVideo(io.ComfyNode):
                 io.Int.Input("frames", default=8, min=1, max=1024, tooltip="Number of frames."),
                 io.Int.Input("width", default=512, min=8, max=4096, step=8, tooltip="Width in pixels (multiple of 8)."),
                 io.Int.Input("height", default=512, min=8, max=4096, step=8, tooltip="Height in pixels (multiple of 8)."),
-                io.Int.Input("steps", default=25, min=1, max=1000, tooltip="DDIM steps."),
+                io.Int.Input("steps", default=25, min=1, max=500, tooltip="DDIM steps (at most 500 with the SD1.5 schedule)."),
                 io.Float.Input("cfg", default=7.5, min=0.0, max=50.0, step=0.1, tooltip="Classifier-free guidance scale; <= 1 disables it."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True, tooltip="Noise seed."),
                 io.Int.Input("decode_chunk", default=8, min=1, max=256, tooltip="Frames decoded at once by the VAE (lower = less memory)."),
