@@ -69,7 +69,7 @@ def sample_text2video(bb, prompt: str, negative: str, frames: int, width: int, h
     use_cfg = cfg > 1.0
     if not use_cfg:
         ctx = ctx[1:]
-    motion = hasattr(bb.unet, "down_blocks") and bb.motion_adapter is not None
+    motion = bb.motion_adapter is not None  # UNetMotionModel takes (b, c, f, h, w) directly
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         x = torch.cat([latents] * 2) if use_cfg else latents

@@ -141,7 +141,6 @@ def test_bad_files_are_refused(tmp_path, models_tree):
         def __reduce__(self):
             return (os.system, ("echo pwned",))
 
-    torch.save({"x": Payload()}, str(pickled), _use_new_zipfile_serialization=True) if False else None
     import pickle
 
     pickled.write_bytes(pickle.dumps({"x": Payload()}))
