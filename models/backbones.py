@@ -241,8 +241,9 @@ def load_clip_tokenizer(search_dirs: Sequence[str]):
 # ----------------------------------------------------------------------------- SD1.5
 
 
-def load_sd15(path: str, *, device=None, dtype=torch.float32, tokenizer_dirs: Sequence[str] = ()) -> Backbone:
-    """SD1.5 from a single-file LDM checkpoint or a diffusers folder."""
+def load_sd15(path: str, *, device=None, dtype=torch.float32, tokenizer_dirs: Sequence[str] = (),
+              state_dict: Optional[Dict[str, torch.Tensor]] = None) -> Backbone:
+    """SD1.5 from a single-file LDM checkpoint or a diffusers folder (``state_dict``: the file's contents if already read)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -257,7 +258,7 @@ def load_sd15(path: str, *, device=None, dtype=torch.float32, tokenizer_dirs: Se
         sched = _scheduler_from_folder(path, "sd15_scheduler.json")
         src = {"backbone": path, "backbone_layout": "diffusers"}
     else:
-        sd = read_state_dict(path)
+        sd = state_dict if state_dict is not None else read_state_dict(path)
         fam = detect_family(sd)
         if fam != "sd15":
             raise BadModelFileError(f"'{os.path.basename(path)}' is a {fam} checkpoint, not SD1.5.")
@@ -301,8 +302,9 @@ def _scheduler_from_folder(path: str, fallback: str) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------- SVD
 
 
-def load_svd(path: str, *, device=None, dtype=torch.float32) -> Backbone:
-    """Stable Video Diffusion (img2vid / -xt) from a single sgm checkpoint or a diffusers folder."""
+def load_svd(path: str, *, device=None, dtype=torch.float32, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> Backbone:
+    """Stable Video Diffusion (img2vid / -xt) from a single sgm checkpoint or a diffusers folder
+    (``state_dict``: the file's contents if already read)."""
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
@@ -320,7 +322,7 @@ def load_svd(path: str, *, device=None, dtype=torch.float32) -> Backbone:
         sched = _scheduler_from_folder(path, "svd_scheduler.json")
         src = {"backbone": path, "backbone_layout": "diffusers"}
     else:
-        sd = read_state_dict(path)
+        sd = state_dict if state_dict is not None else read_state_dict(path)
         fam = detect_family(sd)
         if fam != "svd":
             raise BadModelFileError(f"'{os.path.basename(path)}' is a {fam} checkpoint, not Stable Video Diffusion.")
@@ -340,6 +342,7 @@ def load_svd(path: str, *, device=None, dtype=torch.float32) -> Backbone:
 
 def load_backbone(path: str, *, device=None, dtype=torch.float32, tokenizer_dirs: Sequence[str] = ()) -> Backbone:
     """Recognise the family (SD1.5 or SVD) of a file or diffusers folder and load it."""
+    sd = None
     if os.path.isdir(path):
         fam = "svd" if os.path.isdir(os.path.join(path, "image_encoder")) else "sd15"
         idx = os.path.join(path, "model_index.json")
@@ -347,25 +350,21 @@ def load_backbone(path: str, *, device=None, dtype=torch.float32, tokenizer_dirs
             with open(idx, encoding="utf-8") as fh:
                 cls = json.load(fh).get("_class_name", "")
             fam = "svd" if "VideoDiffusion" in cls else "sd15"
-    else:
+    elif path.endswith(".safetensors") and os.path.isfile(path):
         # Peek at the keys only (safetensors reads the header without the tensors).
-        fam = _peek_family(path)
-    if fam == "svd":
-        return load_svd(path, device=device, dtype=dtype)
-    return load_sd15(path, device=device, dtype=dtype, tokenizer_dirs=tokenizer_dirs)
-
-
-def _peek_family(path: str) -> str:
-    if path.endswith(".safetensors") and os.path.isfile(path):
         from safetensors import safe_open
 
         try:
             with safe_open(path, framework="pt") as f:
-                keys = list(f.keys())
+                fam = "svd" if any(".time_stack." in k for k in f.keys()) else "sd15"
         except Exception as exc:  # noqa: BLE001
             raise BadModelFileError(f"Could not read weight file '{path}': {exc}") from exc
-        return "svd" if any(".time_stack." in k for k in keys) else "sd15"
-    return detect_family(read_state_dict(path))
+    else:  # pickle-free tensor checkpoint: read it once and hand it on
+        sd = read_state_dict(path)
+        fam = detect_family(sd)
+    if fam == "svd":
+        return load_svd(path, device=device, dtype=dtype, state_dict=sd)
+    return load_sd15(path, device=device, dtype=dtype, tokenizer_dirs=tokenizer_dirs, state_dict=sd)
 
 
 # ----------------------------------------------------------------------------- AnimateDiff
@@ -440,6 +439,32 @@ def load_controlnet(path: str, *, device=None, dtype=torch.float32):
         with _config_dir(cn_cfg) as d:
             cn = ControlNetModel.from_single_file(sd, config=d, local_files_only=True)
     return _place(cn, device, dtype)
+
+
+def with_motion_module(bb: Backbone, path: str) -> Backbone:
+    """A new SD1.5 backbone whose UNet carries the motion module at ``path``; ``bb`` is left untouched
+    (``UNetMotionModel.from_unet2d`` copies the 2D weights into a new module)."""
+    from diffusers import UNetMotionModel
+
+    from .errors import BadInputError
+
+    if bb.family != "sd15":
+        raise BadInputError(f"Motion modules work with SD1.5 pipes; this pipe is {bb.family}.")
+    if bb.motion_adapter is not None:
+        raise BadInputError("This pipe already has a motion module.")
+    adapter = load_motion_adapter(path, device=bb.device, dtype=bb.dtype)
+    unet = _place(UNetMotionModel.from_unet2d(bb.unet, adapter), bb.device, bb.dtype)
+    return bb.with_parts(unet=unet, motion_adapter=adapter, source={"motion_module": path})
+
+
+def with_controlnet(bb: Backbone, path: str) -> Backbone:
+    """A new SD1.5 backbone with the ControlNet at ``path`` attached; ``bb`` is left untouched."""
+    from .errors import BadInputError
+
+    if bb.family != "sd15":
+        raise BadInputError(f"ControlNets here are SD1.5 ControlNets; this pipe is {bb.family}.")
+    cn = load_controlnet(path, device=bb.device, dtype=bb.dtype)
+    return bb.with_parts(controlnet=cn, source={"controlnet": path})
 
 
 def clone_module(module: torch.nn.Module) -> torch.nn.Module:

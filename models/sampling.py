@@ -69,6 +69,7 @@ def sample_text2video(bb, prompt: str, negative: str, frames: int, width: int, h
     use_cfg = cfg > 1.0
     if not use_cfg:
         ctx = ctx[1:]
+    ctx = ctx.repeat_interleave(frames, 0)  # one context row per frame, as both UNet layouts expect
     motion = bb.motion_adapter is not None  # UNetMotionModel takes (b, c, f, h, w) directly
     total = len(timesteps)
     for i, t in enumerate(timesteps):
@@ -76,10 +77,10 @@ def sample_text2video(bb, prompt: str, negative: str, frames: int, width: int, h
         x = sched.scale_model_input(x, t)
         b = x.shape[0]
         if motion:
-            eps = bb.unet(x, t, encoder_hidden_states=ctx.repeat_interleave(frames, 0)).sample
+            eps = bb.unet(x, t, encoder_hidden_states=ctx).sample
         else:
             flat = x.permute(0, 2, 1, 3, 4).reshape(b * frames, c, *x.shape[-2:])
-            eps = bb.unet(flat, t, encoder_hidden_states=ctx.repeat_interleave(frames, 0)).sample
+            eps = bb.unet(flat, t, encoder_hidden_states=ctx).sample
             eps = eps.reshape(b, frames, c, *x.shape[-2:]).permute(0, 2, 1, 3, 4)
         if use_cfg:
             unc, cond = eps.chunk(2)

@@ -59,19 +59,9 @@ class PerformerAddMotionModule(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, motion_module) -> io.NodeOutput:
-        from diffusers import UNetMotionModel
+        from ..models.backbones import with_motion_module
 
-        from ..models.backbones import load_motion_adapter
-        from ..models.errors import BadInputError
-
-        if pipe.family != "sd15":
-            raise BadInputError(f"Motion modules work with SD1.5 pipes; this pipe is {pipe.family}.")
-        if pipe.motion_adapter is not None:
-            raise BadInputError("This pipe already has a motion module.")
-        path = resolve(motion_module, ("animatediff_models",))
-        adapter = load_motion_adapter(path, device=pipe.device, dtype=pipe.dtype)
-        unet = UNetMotionModel.from_unet2d(pipe.unet, adapter).to(pipe.device, pipe.dtype).eval().requires_grad_(False)
-        return io.NodeOutput(pipe.with_parts(unet=unet, motion_adapter=adapter, source={"motion_module": path}))
+        return io.NodeOutput(with_motion_module(pipe, resolve(motion_module, ("animatediff_models",))))
 
 
 class PerformerAddControlNet(io.ComfyNode):
@@ -93,14 +83,9 @@ class PerformerAddControlNet(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, controlnet) -> io.NodeOutput:
-        from ..models.backbones import load_controlnet
-        from ..models.errors import BadInputError
+        from ..models.backbones import with_controlnet
 
-        if pipe.family != "sd15":
-            raise BadInputError(f"ControlNets here are SD1.5 ControlNets; this pipe is {pipe.family}.")
-        path = resolve(controlnet, ("controlnet",))
-        cn = load_controlnet(path, device=pipe.device, dtype=pipe.dtype)
-        return io.NodeOutput(pipe.with_parts(controlnet=cn, source={"controlnet": path}))
+        return io.NodeOutput(with_controlnet(pipe, resolve(controlnet, ("controlnet",))))
 
 
 NODES = [PerformerLoadBackbone, PerformerAddMotionModule, PerformerAddControlNet]

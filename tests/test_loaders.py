@@ -121,6 +121,34 @@ def test_controlnet_file_and_folder(models_tree):
             close(o, r)
 
 
+def _fingerprint(bb):
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(bb.unet.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.float().numpy().tobytes())
+    return type(bb.unet).__name__, h.hexdigest(), bb.motion_adapter, bb.controlnet, dict(bb.source)
+
+
+def test_adding_parts_returns_new_pipe_and_leaves_input_untouched(models_tree):
+    _, P = models_tree
+    base = backbones.load_sd15(P["sd15_file"], device="cpu", tokenizer_dirs=TOK)
+    before = _fingerprint(base)
+    moving = backbones.with_motion_module(base, P["mm_file"])
+    both = backbones.with_controlnet(moving, P["cn_file"])
+    assert _fingerprint(base) == before
+    assert type(moving.unet).__name__ == "UNetMotionModel" and moving.motion_adapter is not None
+    assert both.controlnet is not None and moving.controlnet is None
+    with pytest.raises(Exception, match="already has a motion module"):
+        backbones.with_motion_module(moving, P["mm_file"])
+    svd = backbones.load_svd(P["svd_dir"], device="cpu")
+    with pytest.raises(Exception, match="Motion modules work with SD1.5 pipes"):
+        backbones.with_motion_module(svd, P["mm_file"])
+    with pytest.raises(Exception, match="SD1.5 ControlNets"):
+        backbones.with_controlnet(svd, P["cn_file"])
+
+
 def test_missing_weight_names_folder_and_files(tmp_path):
     with pytest.raises(MissingModelError) as e:
         find_weight("performer_pose", ["dw-ll_ucoco_384.onnx", "dw-ll_ucoco_384_bs5.torchscript.pt"], [str(tmp_path)])
