@@ -73,6 +73,9 @@ class Backbone:
     feature_extractor: Any = None
     motion_adapter: Optional[torch.nn.Module] = None
     controlnet: Optional[torch.nn.Module] = None
+    pose_controller: Optional[torch.nn.Module] = None  # models.pose_controller.PoseController
+    identity_adapter: Optional[torch.nn.Module] = None  # models.identity.IdentityAdapter
+    arcface: Any = None  # models.face.ArcFace
     source: Dict[str, str] = field(default_factory=dict)
 
     def with_parts(self, **parts) -> "Backbone":
@@ -470,3 +473,93 @@ def with_controlnet(bb: Backbone, path: str) -> Backbone:
 def clone_module(module: torch.nn.Module) -> torch.nn.Module:
     """Deep copy for patch-a-clone workflows (processors, LoRA deltas) that must not touch the original."""
     return copy.deepcopy(module)
+
+
+# ----------------------------------------------------------------------------- add-ons
+
+
+def infer_clip_vision_config(sd: Dict[str, torch.Tensor], path: str = ""):
+    """CLIPVisionConfig from a transformers-layout state dict (ComfyUI's ``models/clip_vision`` files)."""
+    from transformers import CLIPVisionConfig
+
+    pre = "vision_model."
+    emb = _require(sd, pre + "embeddings.patch_embedding.weight", path, "a CLIP vision model")
+    hidden, patch = emb.shape[0], emb.shape[-1]
+    grid = int(round((sd[pre + "embeddings.position_embedding.weight"].shape[0] - 1) ** 0.5))
+    layers = len(_indices(sd, r"vision_model\.encoder\.layers\.(\d+)\."))
+    heads = hidden // 80 if hidden >= 1280 and hidden % 80 == 0 else max(1, hidden // 64)  # ViT-H/bigG: 80-d heads
+    ref = reference_config("svd_image_encoder.json")
+    ref.update(hidden_size=hidden, patch_size=patch, image_size=grid * patch, num_hidden_layers=layers,
+               intermediate_size=sd[pre + "encoder.layers.0.mlp.fc1.weight"].shape[0], num_attention_heads=heads,
+               projection_dim=sd["visual_projection.weight"].shape[0] if "visual_projection.weight" in sd else hidden,
+               hidden_act="quick_gelu" if hidden == 1024 else "gelu")
+    return CLIPVisionConfig(**ref)
+
+
+def load_clip_vision(path: str, *, device=None, dtype=torch.float32):
+    """A CLIP image encoder (``CLIPVisionModelWithProjection``, image processor) from ``models/clip_vision``:
+    transformers layout (what ComfyUI ships/uses) or an open_clip ``visual.*`` state dict."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from . import convert_svd
+
+    sd = read_state_dict(path)
+    if any(k.startswith("visual.") for k in sd):
+        sd = convert_svd.clip_vision_keys_to_hf({k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")})
+    elif "conv1.weight" in sd:
+        sd = convert_svd.clip_vision_keys_to_hf(sd)
+    if "vision_model.embeddings.patch_embedding.weight" not in sd:
+        raise BadModelFileError(f"'{os.path.basename(path)}' is not a CLIP vision model (no vision_model.* or visual.* keys).")
+    model = CLIPVisionModelWithProjection(infer_clip_vision_config(sd, path))
+    missing, unexpected = model.load_state_dict({k: v for k, v in sd.items() if not k.endswith("position_ids")}, strict=False)
+    if missing:
+        raise BadModelFileError(f"'{os.path.basename(path)}' lacks CLIP vision weights such as {missing[0]}.")
+    return _place(model, device, dtype), convert_svd.default_image_processor()
+
+
+def with_pose_controller(bb: Backbone, path: str) -> Backbone:
+    from .errors import BadInputError
+    from .pose_controller import load_pose_controller
+
+    pc = load_pose_controller(path, device=bb.device, dtype=bb.dtype)
+    lat = 4
+    if pc.config["latent_channels"] != lat or pc.config["downsample"] != bb.vae_scale_factor:
+        raise BadInputError(f"This pose controller outputs {pc.config['latent_channels']} channels at 1/{pc.config['downsample']} "
+                            f"size; the pipe's latent has {lat} channels at 1/{bb.vae_scale_factor}.")
+    return bb.with_parts(pose_controller=pc, source={"pose_controller": path})
+
+
+def with_identity_adapter(bb: Backbone, path: Optional[str], clip_vision: Optional[str] = None,
+                          arcface: Optional[str] = None) -> Backbone:
+    """Attach an identity adapter (+ a CLIP image encoder for SD1.5, + an ArcFace ONNX model)."""
+    from .errors import BadInputError
+    from .identity import load_identity_adapter
+
+    parts: Dict[str, Any] = {}
+    src: Dict[str, str] = {}
+    if path:
+        ad = load_identity_adapter(path, device=bb.device, dtype=bb.dtype)
+        from .identity import cross_attention_layers
+
+        missing = [n for n in cross_attention_layers(bb.unet) if n not in ad.config["layers"]]
+        if missing:
+            raise BadInputError(f"The identity adapter {os.path.basename(path)} was made for another UNet (no weights for {missing[0]}).")
+        parts["identity_adapter"] = ad
+        src["identity_adapter"] = path
+    if clip_vision:
+        if bb.family == "svd":
+            raise BadInputError("SVD pipes already have their own CLIP image encoder; leave clip_vision empty.")
+        enc, fe = load_clip_vision(clip_vision, device=bb.device, dtype=bb.dtype)
+        parts.update(image_encoder=enc, feature_extractor=fe)
+        src["clip_vision"] = clip_vision
+    if arcface:
+        from .face import ArcFace
+
+        parts["arcface"] = ArcFace(arcface)
+        src["arcface"] = arcface
+    ad = parts.get("identity_adapter", bb.identity_adapter)
+    enc = parts.get("image_encoder", bb.image_encoder)
+    if ad is not None and ad.config["clip_dim"] and enc is not None and enc.config.projection_dim != ad.config["clip_dim"]:
+        raise BadInputError(f"The identity adapter expects {ad.config['clip_dim']}-d CLIP embeddings; the CLIP vision model gives "
+                            f"{enc.config.projection_dim}-d.")
+    return bb.with_parts(source=src, **parts)

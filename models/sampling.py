@@ -1,11 +1,31 @@
-"""Samplers over :class:`~.backbones.Backbone` (plain diffusers modules, no ComfyUI).
+"""Reference-conditioned video samplers over :class:`~.backbones.Backbone` (plain diffusers, no ComfyUI).
 
-Every loop takes ``callback(done, total)``; the node layer turns it into ComfyUI progress and
-interruption (the callback raises to stop).  Randomness comes from a CPU generator seeded by the
-caller, so a given seed gives the same video on every run and device.
+Two backbones, one loop:
+
+* **AnimateDiff** (SD1.5 UNet + motion module; without a motion module frames are independent):
+  DDIM by default (or another diffusers scheduler named in ``VideoSettings.scheduler``), epsilon
+  prediction, text context + optional identity tokens, optional ControlNet on skeleton maps.
+* **SVD**: the EDM Euler schedule of the model's scheduler config (Karras sigmas, v-prediction,
+  timestep = 0.25·ln σ, input scaled by 1/√(σ²+1) — all done by ``EulerDiscreteScheduler``).  The
+  reference's conditioning latent is ``vae.encode(image + noise_aug·ε).mode()`` *unscaled* and is
+  concatenated to every frame (zeros in the unconditional half); CLIP image embedding in the
+  cross-attention (zeros unconditional); micro-conditioning ``[fps − 1, motion_bucket_id, noise_aug]``;
+  per-frame guidance rising linearly from ``min_cfg`` to ``cfg`` over the video.
+
+Both accept causal reference attention (:mod:`.reference_attention`: one reference pass at t = 0 per
+run), the VividPose pose controller (:mod:`.pose_controller`, added to the noisy latent in both CFG
+halves, like Champ), decoupled identity attention (:mod:`.identity`), sliding windows
+(:mod:`.windows`) and ``denoise`` < 1 from ``init_latents`` (noised with the backbone's own rule:
+DDPM ``add_noise`` for SD1.5, ``x + σε`` for SVD).  CFG batches are always ``[uncond, cond]``.
+
+Every loop calls ``callback(done, total)`` once per window per step; the node layer turns it into
+progress and interruption (the callback raises to stop).  Randomness comes from a CPU generator, so
+a seed gives the same video on every run and device.  UNet processors are restored on every exit.
 """
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 import torch
@@ -14,11 +34,22 @@ from .errors import BadInputError
 
 Callback = Optional[Callable[[int, int], None]]
 
+# Classifier-free guidance choice for the reference per pipeline (see reference_attention.py).
+# AnimateDiff: like Moore-AnimateAnyone, the unconditional half runs without the reference.
+# SVD: the unconditional half already lacks the image (zero latent + zero CLIP); keeping the reference
+# there keeps SVD's small guidance scales about motion rather than over-driving appearance.
+DEFAULT_REFERENCE_UNCOND = {"sd15": "drop", "svd": "keep"}
+
 
 def check_size(width: int, height: int, multiple: int) -> None:
     for name, v in (("width", width), ("height", height)):
         if v <= 0 or v % multiple:
             raise BadInputError(f"{name} must be a positive multiple of {multiple} (the VAE downscale factor); got {v}.")
+
+
+def _check_finite(x: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(x).all():
+        raise BadInputError(f"{what} contains NaN or infinite values; try fp32 or another dtype.")
 
 
 @torch.no_grad()
@@ -29,67 +60,359 @@ def encode_prompts(bb, prompts: List[str]) -> torch.Tensor:
     return bb.text_encoder(tok.input_ids.to(bb.device))[0].to(bb.dtype)
 
 
-def _check_finite(x: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(x).all():
-        raise BadInputError(f"{what} contains NaN or infinite values; try fp32 or another dtype.")
+# ----------------------------------------------------------------------------- reference
+
+
+@dataclass
+class Reference:
+    """One encoded reference image (``PERFORMER_REFERENCE``)."""
+
+    family: str
+    width: int
+    height: int
+    image: torch.Tensor  # (1, H, W, 3) 0..1, CPU
+    latent: torch.Tensor  # (1, C, h, w) in the UNet's (scaled) space
+    cond_latent: Optional[torch.Tensor] = None  # SVD: unscaled mode latent of the noise-augmented image
+    noise_aug: float = 0.0
+    clip_embeds: Optional[torch.Tensor] = None  # (1, D)
+    face_embeds: Optional[torch.Tensor] = None  # (1, 512)
+    pose: Optional[torch.Tensor] = None  # (1, 3, H, W) skeleton map of the reference pose (SCD pose injection)
+    info: dict = field(default_factory=dict)
+
+
+def _image_to_tensor(image: torch.Tensor, what: str) -> torch.Tensor:
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[-1] not in (3, 4):
+        raise BadInputError(f"{what} must be an IMAGE (1, height, width, 3); got shape {tuple(image.shape)}.")
+    if not torch.isfinite(image).all():
+        raise BadInputError(f"{what} contains NaN or infinite values.")
+    return image[:1, ..., :3].float().cpu()
+
+
+@torch.no_grad()
+def clip_image_embeds(bb, image: torch.Tensor) -> torch.Tensor:
+    """(1, D) projected CLIP image embedding with the pipe's image encoder (SVD's own, or a clip_vision model)."""
+    if bb.image_encoder is None or bb.feature_extractor is None:
+        raise BadInputError("This pipe has no CLIP image encoder (SD1.5 needs a clip_vision model in Add Identity Adapter).")
+    px = bb.feature_extractor(images=(image[0].numpy() * 255).round().astype("uint8"), return_tensors="pt",
+                              do_rescale=True).pixel_values
+    return bb.image_encoder(px.to(bb.device, bb.dtype)).image_embeds
+
+
+@torch.no_grad()
+def encode_reference(bb, image: torch.Tensor, noise_aug: float = 0.02, seed: int = 0, face: str = "auto",
+                     face_landmarks=None, pose: Optional[torch.Tensor] = None) -> Reference:
+    """Encode a reference photo for ``bb``.  ``face``: "auto" (embed if the pipe has ArcFace), "require", "off"."""
+    img = _image_to_tensor(image, "reference image")
+    _, h, w, _ = img.shape
+    check_size(w, h, bb.vae_scale_factor)
+    x = img.permute(0, 3, 1, 2).to(bb.device, bb.dtype) * 2 - 1
+    sf = bb.vae.config.scaling_factor
+    ref = Reference(family=bb.family, width=w, height=h, image=img, latent=None)
+    ref.latent = (bb.vae.encode(x).latent_dist.mean * sf).float().cpu()
+    if bb.family == "svd":
+        g = torch.Generator("cpu").manual_seed(int(seed))
+        xa = x + noise_aug * torch.randn(x.shape, generator=g).to(x.device, x.dtype)
+        ref.cond_latent = bb.vae.encode(xa).latent_dist.mode().float().cpu()
+        ref.noise_aug = float(noise_aug)
+    if bb.image_encoder is not None and bb.feature_extractor is not None:
+        ref.clip_embeds = clip_image_embeds(bb, img).float().cpu()
+    if face != "off" and bb.arcface is not None:
+        from .face import align_face
+
+        try:
+            crop = align_face(img[0], landmarks=face_landmarks)
+            ref.face_embeds = torch.from_numpy(bb.arcface.embed(crop))[None]
+            ref.info["face"] = "found"
+        except BadInputError:
+            if face == "require":
+                raise
+            ref.info["face"] = "not found (identity tokens use the unconditional face embedding)"
+    elif face == "require":
+        raise BadInputError("face='require' but the pipe has no ArcFace model (add one with Add Identity Adapter).")
+    if pose is not None:
+        from .pose_controller import maps_to_tensor
+
+        ref.pose = maps_to_tensor(pose, h, w, 1, "reference pose")
+    _check_finite(ref.latent, "The reference latent")
+    return ref
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@dataclass
+class VideoSettings:
+    frames: int
+    width: int
+    height: int
+    steps: int = 25
+    cfg: float = 7.5
+    seed: int = 0
+    prompt: str = ""
+    negative: str = ""
+    denoise: float = 1.0
+    scheduler: str = "ddim"  # sd15: ddim | euler | euler_a | dpm++ | unipc | pndm ; svd: its own EDM Euler
+    window: int = 16
+    stride: int = 8
+    reference_strength: float = 1.0
+    reference_uncond: Optional[str] = None  # None: DEFAULT_REFERENCE_UNCOND[family]
+    reference_pose: bool = True  # add the reference pose's controller features in the reference pass (SCD)
+    controlnet_scale: float = 1.0
+    image_scale: float = 1.0
+    face_scale: float = 1.0
+    pose_scale: float = 1.0
+    fps: int = 7  # svd
+    motion_bucket_id: int = 127  # svd
+    min_cfg: float = 1.0  # svd: guidance of the first frame
+
+
+SD15_SCHEDULERS = {
+    "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "pndm": "PNDMScheduler",
+}
+
+
+def make_scheduler(bb, name: str):
+    import diffusers
+
+    if bb.family == "svd":
+        return diffusers.EulerDiscreteScheduler.from_config(bb.scheduler_config)
+    if name not in SD15_SCHEDULERS:
+        raise BadInputError(f"Unknown scheduler {name!r}; choose one of {', '.join(SD15_SCHEDULERS)}.")
+    return getattr(diffusers, SD15_SCHEDULERS[name]).from_config(bb.scheduler_config)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _Run:
+    """Everything fixed for one sampling run (contexts, pose features), built once."""
+
+    def __init__(self, bb, s: VideoSettings, ref: Optional[Reference], skeleton, smplx):
+        from .pose_controller import maps_to_tensor
+
+        self.bb, self.s, self.ref = bb, s, ref
+        self.cfg = s.cfg > 1.0 if bb.family == "sd15" else max(s.cfg, s.min_cfg) > 1.0
+        self.motion = bb.motion_adapter is not None
+        dev, dt = bb.device, bb.dtype
+        n_rows = 2 if self.cfg else 1
+        # pose maps
+        self.skeleton = maps_to_tensor(skeleton, s.height, s.width, s.frames, "skeleton maps") if skeleton is not None else None
+        self.smplx = maps_to_tensor(smplx, s.height, s.width, s.frames, "SMPL-X renders") if smplx is not None else None
+        self.pose_feat = None
+        if (self.skeleton is not None or self.smplx is not None) and bb.pose_controller is not None:
+            feats = []
+            for i in range(0, s.frames, 16):  # encoder memory bounded by chunks of 16 frames
+                maps = {"skeleton": None if self.skeleton is None else self.skeleton[i:i + 16],
+                        "smplx": None if self.smplx is None else self.smplx[i:i + 16]}
+                maps = {k: v for k, v in maps.items() if v is not None and k in bb.pose_controller.encoders}
+                if maps:
+                    feats.append(bb.pose_controller(maps).to(dt) * s.pose_scale)
+            self.pose_feat = torch.cat(feats).permute(1, 0, 2, 3)[None] if feats else None  # (1, C, F, h, w)
+        self.hint = None
+        if bb.controlnet is not None:
+            if self.skeleton is None:
+                raise BadInputError("The pipe has a ControlNet but no skeleton maps were given; connect pose maps or remove the ControlNet.")
+            # the ControlNet's hint encoder downsamples by 2^(stages-1): feed maps at latent size × that
+            hf = 2 ** (len(bb.controlnet.config.conditioning_embedding_out_channels) - 1)
+            lh, lw = s.height // bb.vae_scale_factor * hf, s.width // bb.vae_scale_factor * hf
+            self.hint = self.skeleton if self.skeleton.shape[-2:] == (lh, lw) else \
+                torch.nn.functional.interpolate(self.skeleton, size=(lh, lw), mode="bilinear", align_corners=False)
+        # identity tokens
+        ad = bb.identity_adapter
+        id_unc = id_cond = None
+        if ad is not None:
+            clip = ref.clip_embeds if ref is not None else None
+            face = ref.face_embeds if ref is not None else None
+            id_unc = ad.tokens(None, None).to(dev, dt)
+            id_cond = ad.tokens(clip, face).to(dev, dt)
+        # base context rows [uncond, cond]
+        if bb.family == "sd15":
+            base = encode_prompts(bb, [s.negative, s.prompt])
+        else:
+            if ref is None:
+                raise BadInputError("SVD sampling needs a reference image (its first-frame condition).")
+            clip = ref.clip_embeds
+            if clip is None:
+                raise BadInputError("The SVD reference has no CLIP embedding; encode it with an SVD pipe.")
+            clip = clip.to(dev, dt)[:, None]
+            base = torch.cat([torch.zeros_like(clip), clip])
+        self.base_ctx = base[-n_rows:]
+        self.ctx = base if id_unc is None else torch.cat([base, torch.cat([id_unc, id_cond])], 1)
+        self.ctx = self.ctx[-n_rows:]
+        self.ref_ctx = self.ctx[-1:]  # the reference pass is conditional
+        if bb.family == "svd":
+            fps = max(1, int(s.fps)) - 1
+            self.time_ids = torch.tensor([[fps, s.motion_bucket_id, ref.noise_aug]], device=dev, dtype=dt).repeat(n_rows, 1)
+            cl = ref.cond_latent.to(dev, dt)
+            self.cond_lat = torch.cat([torch.zeros_like(cl), cl])[-n_rows:]  # (rows, C, h, w)
+            g = torch.linspace(s.min_cfg, s.cfg, s.frames) if s.frames > 1 else torch.tensor([s.cfg])
+            self.frame_cfg = g
+
+    # -- one UNet call over a window of frames; returns model output (1, C, n, h, w)
+    def predict(self, sched, x: torch.Tensor, t, idx: List[int], ref_state) -> torch.Tensor:
+        bb, s = self.bb, self.s
+        n = len(idx)
+        rows = 2 if self.cfg else 1
+        xin = torch.cat([x] * rows) if rows == 2 else x
+        xin = sched.scale_model_input(xin, t)
+        if self.pose_feat is not None:
+            xin = xin + self.pose_feat[:, :, idx].to(xin.dtype)
+        if ref_state is not None:
+            ref_state.uncond_rows = n if rows == 2 else 0
+        if bb.family == "svd":
+            sample = torch.cat([xin.permute(0, 2, 1, 3, 4), self.cond_lat[:, None].expand(-1, n, -1, -1, -1)], 2)
+            out = bb.unet(sample, t, encoder_hidden_states=self.ctx, added_time_ids=self.time_ids).sample
+            out = out.permute(0, 2, 1, 3, 4)  # (rows, C, n, h, w)
+            if rows == 2:
+                unc, cond = out.chunk(2)
+                gs = self.frame_cfg[idx].to(out.device, out.dtype).view(1, 1, n, 1, 1)
+                out = unc + gs * (cond - unc)
+            return out
+        c = xin.shape[1]
+        ctx = self.ctx.repeat_interleave(n, 0)
+        flat = xin.permute(0, 2, 1, 3, 4).reshape(rows * n, c, *xin.shape[-2:])
+        extra = {}
+        if bb.controlnet is not None and s.controlnet_scale:
+            cond_img = self.hint[idx].to(bb.device, bb.dtype).repeat(rows, 1, 1, 1)
+            down, mid = bb.controlnet(flat, t, encoder_hidden_states=self.base_ctx.repeat_interleave(n, 0),
+                                      controlnet_cond=cond_img, conditioning_scale=float(s.controlnet_scale),
+                                      return_dict=False)
+            extra = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        if self.motion:
+            out = bb.unet(xin, t, encoder_hidden_states=ctx, **extra).sample
+        else:
+            out = bb.unet(flat, t, encoder_hidden_states=ctx, **extra).sample
+            out = out.reshape(rows, n, c, *xin.shape[-2:]).permute(0, 2, 1, 3, 4)
+        if rows == 2:
+            unc, cond = out.chunk(2)
+            out = unc + s.cfg * (cond - unc)
+        return out
+
+    def reference_pass(self, sched) -> None:
+        """The reference through the same UNet at t = 0 (one frame, conditional context)."""
+        bb, ref = self.bb, self.ref
+        lat = ref.latent.to(bb.device, bb.dtype)
+        if self.s.reference_pose and ref.pose is not None and bb.pose_controller is not None:
+            lat = lat + bb.pose_controller({"skeleton": ref.pose}).to(lat.dtype) * self.s.pose_scale
+        if bb.family == "svd":
+            sigma = float(sched.config.sigma_min)
+            t = torch.tensor(0.25 * torch.log(torch.tensor(sigma)).item(), device=bb.device)
+            x = lat / (sigma ** 2 + 1) ** 0.5
+            sample = torch.cat([x, ref.cond_latent.to(bb.device, bb.dtype)], 1)[:, None]
+            bb.unet(sample, t, encoder_hidden_states=self.ref_ctx, added_time_ids=self.time_ids[-1:])
+            return
+        t = torch.zeros((), dtype=torch.long, device=bb.device)
+        if self.motion:
+            bb.unet(lat[:, :, None], t, encoder_hidden_states=self.ref_ctx)
+        else:
+            bb.unet(lat, t, encoder_hidden_states=self.ref_ctx)
+
+
+def _check_motion_window(bb, window: int) -> None:
+    if bb.motion_adapter is None:
+        return
+    cfg = getattr(bb.motion_adapter, "config", {})
+    max_len = cfg.get("motion_max_seq_length") if hasattr(cfg, "get") else None
+    if max_len and window > max_len:
+        raise BadInputError(f"The motion module handles at most {max_len} frames at once; use a context window "
+                            f"of at most {max_len} frames (got {window}).")
+
+
+@torch.no_grad()
+def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, skeleton: Optional[torch.Tensor] = None,
+                 smplx: Optional[torch.Tensor] = None, init_latents: Optional[torch.Tensor] = None,
+                 callback: Callback = None, use_reference_attention: bool = True, ref_state=None) -> torch.Tensor:
+    """Sample a video; returns latents ``(1, C, F, h, w)`` in the UNet's (scaled) space.
+
+    ``skeleton``/``smplx``: IMAGE batches (F, H, W, 3) in 0..1 (pose maps / body renders).
+    ``init_latents`` + ``denoise`` < 1 start from a given video latent (PoseCrafter, DiffPerformer).
+    """
+    from .identity import identity_attention
+    from .reference_attention import reference_attention, write_reference
+    from .windows import plan_windows, window_weights
+
+    if bb.family not in ("sd15", "svd"):
+        raise BadInputError(f"Unknown backbone family {bb.family!r}.")
+    if s.frames < 1:
+        raise BadInputError(f"frames must be >= 1; got {s.frames}.")
+    if not 0.0 < s.denoise <= 1.0:
+        raise BadInputError(f"denoise must be in (0, 1]; got {s.denoise}.")
+    f = bb.vae_scale_factor
+    check_size(s.width, s.height, f)
+    if reference is not None:
+        if reference.family != bb.family:
+            raise BadInputError(f"The reference was encoded for a {reference.family} pipe; this pipe is {bb.family}.")
+        if (reference.width, reference.height) != (s.width, s.height):
+            raise BadInputError(f"The reference is {reference.width}×{reference.height} but the video is {s.width}×{s.height}; "
+                                "resize the reference image to the video size.")
+    windows = plan_windows(s.frames, s.window, s.stride)
+    _check_motion_window(bb, len(windows[0]))
+    weights = window_weights(windows, s.frames)
+    run = _Run(bb, s, reference, skeleton, smplx)
+
+    sched = make_scheduler(bb, s.scheduler)
+    sched.set_timesteps(s.steps, device=bb.device)
+    timesteps = sched.timesteps
+    g = torch.Generator("cpu").manual_seed(int(s.seed))
+    c = 4 if bb.family == "svd" else bb.unet.config.in_channels
+    noise = torch.randn((1, c, s.frames, s.height // f, s.width // f), generator=g, dtype=torch.float32)
+    if init_latents is not None:
+        if tuple(init_latents.shape) != tuple(noise.shape):
+            raise BadInputError(f"The initial latent has shape {tuple(init_latents.shape)}; expected {tuple(noise.shape)} "
+                                f"({s.frames} frames at {s.width}×{s.height}).")
+        _check_finite(init_latents, "The initial latent")
+    if init_latents is not None and s.denoise < 1.0:
+        start = max(0, min(len(timesteps) - 1, int(round(len(timesteps) * (1 - s.denoise)))))
+        timesteps = timesteps[start:]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(start)
+        latents = sched.add_noise(init_latents.float().to(bb.device), noise.to(bb.device), timesteps[:1])
+    else:
+        latents = noise.to(bb.device) * sched.init_noise_sigma
+    latents = latents.to(bb.dtype)
+
+    use_ref = use_reference_attention and reference is not None and s.reference_strength > 0
+    uncond = s.reference_uncond or DEFAULT_REFERENCE_UNCOND[bb.family]
+    ref_cm = reference_attention(bb.unet, s.reference_strength, uncond, state=ref_state) if use_ref else contextlib.nullcontext()
+    id_cm = (identity_attention(bb.unet, bb.identity_adapter, s.image_scale, s.face_scale)
+             if bb.identity_adapter is not None else contextlib.nullcontext())
+    total = len(timesteps) * len(windows)
+    done = 0
+    with id_cm, ref_cm as st:
+        if use_ref:
+            write_reference(st, lambda: run.reference_pass(sched))
+        for t in timesteps:
+            if len(windows) == 1:
+                pred = run.predict(sched, latents, t, windows[0], st if use_ref else None)
+                done += 1
+                if callback:
+                    callback(done, total)
+            else:
+                pred = torch.zeros_like(latents)
+                for idx, wt in zip(windows, weights):
+                    out = run.predict(sched, latents[:, :, idx], t, idx, st if use_ref else None)
+                    pred[:, :, idx] += out * wt.to(out.device, out.dtype).view(1, 1, -1, 1, 1)
+                    done += 1
+                    if callback:
+                        callback(done, total)
+            latents = sched.step(pred, t, latents).prev_sample.to(bb.dtype)
+            _check_finite(latents, "The sampled latent")
+    return latents
 
 
 @torch.no_grad()
 def sample_text2video(bb, prompt: str, negative: str, frames: int, width: int, height: int, steps: int,
                       cfg: float, seed: int, callback: Callback = None, init_latents: Optional[torch.Tensor] = None,
                       denoise: float = 1.0) -> torch.Tensor:
-    """AnimateDiff-style sampling (SD1.5 UNet + motion module; without a motion module every frame is
-    sampled independently).  Returns latents in the UNet's space, shape ``(1, C, F, h, w)``.
-
-    ``init_latents`` + ``denoise`` < 1 start from a given video latent (img2img-style strength)."""
-    from diffusers import DDIMScheduler
-
+    """Text-only AnimateDiff sampling (no reference); see :func:`sample_video`."""
     if bb.family != "sd15":
         raise BadInputError(f"Text-to-video sampling needs an SD1.5 backbone (got {bb.family}).")
-    if frames < 1:
-        raise BadInputError(f"frames must be >= 1; got {frames}.")
-    f = bb.vae_scale_factor
-    check_size(width, height, f)
-    sched = DDIMScheduler.from_config(bb.scheduler_config)
-    sched.set_timesteps(steps, device=bb.device)
-    timesteps = sched.timesteps
-    g = torch.Generator("cpu").manual_seed(int(seed))
-    c = bb.unet.config.in_channels
-    noise = torch.randn((1, c, frames, height // f, width // f), generator=g, dtype=torch.float32)
-    if init_latents is not None:
-        if tuple(init_latents.shape) != tuple(noise.shape):
-            raise BadInputError(f"init latent has shape {tuple(init_latents.shape)}; expected {tuple(noise.shape)} for these settings.")
-        start = max(0, min(steps, int(round(steps * (1 - denoise)))))
-        timesteps = timesteps[start:]
-        latents = sched.add_noise(init_latents.float(), noise, timesteps[:1].cpu()) if len(timesteps) else init_latents.float()
-    else:
-        latents = noise * sched.init_noise_sigma
-    latents = latents.to(bb.device, bb.dtype)
-    ctx = encode_prompts(bb, [negative, prompt])  # batch order [uncond, cond]
-    use_cfg = cfg > 1.0
-    if not use_cfg:
-        ctx = ctx[1:]
-    ctx = ctx.repeat_interleave(frames, 0)  # one context row per frame, as both UNet layouts expect
-    motion = bb.motion_adapter is not None  # UNetMotionModel takes (b, c, f, h, w) directly
-    total = len(timesteps)
-    for i, t in enumerate(timesteps):
-        x = torch.cat([latents] * 2) if use_cfg else latents
-        x = sched.scale_model_input(x, t)
-        b = x.shape[0]
-        if motion:
-            eps = bb.unet(x, t, encoder_hidden_states=ctx).sample
-        else:
-            flat = x.permute(0, 2, 1, 3, 4).reshape(b * frames, c, *x.shape[-2:])
-            eps = bb.unet(flat, t, encoder_hidden_states=ctx).sample
-            eps = eps.reshape(b, frames, c, *x.shape[-2:]).permute(0, 2, 1, 3, 4)
-        if use_cfg:
-            unc, cond = eps.chunk(2)
-            eps = unc + cfg * (cond - unc)
-        latents = sched.step(eps, t, latents).prev_sample
-        _check_finite(latents, "The sampled latent")
-        if callback:
-            callback(i + 1, total)
-    return latents
+    s = VideoSettings(frames=frames, width=width, height=height, steps=steps, cfg=cfg, seed=seed, prompt=prompt,
+                      negative=negative, denoise=denoise, window=max(frames, 1), stride=max(frames, 1))
+    return sample_video(bb, s, init_latents=init_latents, callback=callback)
 
 
 @torch.no_grad()
@@ -108,3 +431,16 @@ def decode_latents(bb, latents: torch.Tensor, chunk: int = 8, callback: Callback
         if callback:
             callback(min(s + chunk, x.shape[0]), x.shape[0])
     return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_video(bb, images: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """IMAGE batch (F, H, W, 3) -> (1, C, F, h, w) UNet-space latents (VAE mean, scaled)."""
+    if images.ndim != 4 or images.shape[0] < 1:
+        raise BadInputError(f"Expected an IMAGE batch (frames, height, width, 3); got shape {tuple(images.shape)}.")
+    check_size(images.shape[2], images.shape[1], bb.vae_scale_factor)
+    out = []
+    for s in range(0, images.shape[0], max(1, chunk)):
+        x = images[s:s + chunk, ..., :3].permute(0, 3, 1, 2).to(bb.device, bb.dtype) * 2 - 1
+        out.append(bb.vae.encode(x).latent_dist.mean.float())
+    return (torch.cat(out) * bb.vae.config.scaling_factor).permute(1, 0, 2, 3)[None]

@@ -249,7 +249,71 @@ def build_models_tree(root: str) -> Dict[str, str]:
     svd.feature_extractor.save_pretrained(os.path.join(P["svd_dir"], "feature_extractor"))
     backbones.load_motion_adapter(P["mm_file"], device="cpu").save_pretrained(P["mm_dir"])
     backbones.load_controlnet(P["cn_file"], device="cpu").save_pretrained(P["cn_dir"])
+    paths.update(build_addons(root, sd15, svd))
     return paths
+
+
+def tiny_pose_controller(seed=11, downsample=2):
+    """A pose controller whose zero conv has been 'trained' a little (random small weights) so it acts."""
+    from performer_pkg.models.pose_controller import PoseController
+
+    torch.manual_seed(seed)
+    pc = PoseController(latent_channels=4, downsample=downsample, channels=(8, 16), heads=2)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for enc in pc.encoders.values():
+            enc.conv_out.weight.copy_(0.05 * torch.randn(enc.conv_out.weight.shape, generator=g))
+    return pc
+
+
+def tiny_identity_adapter(unet, clip_dim, seed=12):
+    from performer_pkg.models.identity import IdentityAdapter
+
+    torch.manual_seed(seed)
+    return IdentityAdapter.for_unet(unet, clip_dim=clip_dim, num_image_tokens=2, face_dim=512, num_face_tokens=2)
+
+
+def arcface_onnx_bytes(seed=13) -> bytes:
+    """A tiny ONNX model with ArcFace's real I/O signature: input 'input.1' (N,3,112,112) -> (N,512)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array((0.1 * rng.standard_normal((8, 3, 8, 8))).astype(np.float32), "conv_w")
+    fw = numpy_helper.from_array((0.3 * rng.standard_normal((512, 8))).astype(np.float32), "fc_w")
+    fb = numpy_helper.from_array((0.01 * rng.standard_normal(512)).astype(np.float32), "fc_b")
+    nodes = [helper.make_node("Conv", ["input.1", "conv_w"], ["c"], kernel_shape=[8, 8], strides=[8, 8]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["683"], transB=1)]
+    graph = helper.make_graph(nodes, "tiny_arcface",
+                              [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["None", 3, 112, 112])],
+                              [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["None", 512])], [w, fw, fb])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def build_addons(root: str, sd15, svd) -> Dict[str, str]:
+    """Pose controllers, identity adapters, a CLIP vision file and an ArcFace ONNX for the tiny backbones."""
+    add = {
+        "pose_sd15": "performer/adapters/tiny_pose_controller_sd15.safetensors",
+        "pose_svd": "performer/adapters/tiny_pose_controller_svd.safetensors",
+        "id_sd15": "performer/adapters/tiny_identity_sd15.safetensors",
+        "id_svd": "performer/adapters/tiny_identity_svd.safetensors",
+        "clip_vision": "clip_vision/tiny_clip_vision.safetensors",
+        "arcface": "performer/face/tiny_arcface.onnx",
+    }
+    P = {k: os.path.join(root, v) for k, v in add.items()}
+    tiny_pose_controller(11, sd15.vae_scale_factor).save(P["pose_sd15"])
+    tiny_pose_controller(14, svd.vae_scale_factor).save(P["pose_svd"])
+    clip_dim = svd.image_encoder.config.projection_dim
+    tiny_identity_adapter(sd15.unet, clip_dim).save(P["id_sd15"])
+    tiny_identity_adapter(svd.unet, 0, seed=16).save(P["id_svd"])
+    _save({k: v for k, v in svd.image_encoder.state_dict().items()}, P["clip_vision"])
+    with open(P["arcface"], "wb") as fh:
+        fh.write(arcface_onnx_bytes())
+    return add
 
 
 def _write_diffusers_folder(path, class_name, parts, scheduler_config):

@@ -1,0 +1,43 @@
+"""Shared set-up for the benchmarks: the repo's tiny real models (built once into out/bench-models)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+
+def setup():
+    import torch
+
+    import pack_alias
+
+    pack_alias.register_package()
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    import tiny_models
+
+    tiny_models.ensure_comfy_importable()
+    root = os.path.join(REPO, "out", "bench-models")
+    stamp = os.path.join(root, "paths.json")
+    if not os.path.exists(stamp):
+        paths = tiny_models.build_models_tree(root)
+        with open(stamp, "w") as f:
+            json.dump(paths, f)
+    with open(stamp) as f:
+        paths = json.load(f)
+    paths = {k: os.path.join(root, v) for k, v in paths.items()}
+    paths["tokenizer"] = os.path.join(tiny_models.COMFY_DIR, "comfy", "sd1_tokenizer")
+    return paths
+
+
+def write_result(name: str, result: dict) -> str:
+    out = os.path.join(REPO, "out", "benchmarks")
+    os.makedirs(out, exist_ok=True)
+    p = os.path.join(out, f"{name}.json")
+    with open(p, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+    return p

@@ -1,0 +1,137 @@
+"""Face detection, alignment and ArcFace embeddings (onnxruntime), all offline.
+
+* Detection uses OpenCV's frontal-face Haar cascade, which ships inside the opencv-python wheels
+  (nothing to download).  The largest face wins.
+* Alignment: with five landmarks (eyes, nose tip, mouth corners — e.g. from the pose layer) a
+  similarity transform onto the standard 112×112 ArcFace template; without them the eyes are looked
+  for inside the face box (Haar eye cascade) and the face is rotated/scaled so the eyes land on the
+  template's eye positions; if the eyes are not found, a square crop around the box is used.
+* ArcFace: any ONNX file with the insightface signature (one input ``(1, 3, 112, 112)`` RGB, values
+  ``(x − 127.5) / 127.5``; one output ``(1, 512)``), e.g. ``w600k_r50.onnx`` / ``glintr100.onnx``.
+  NHWC inputs are recognised from the input shape.  The embedding is L2-normalised.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import BadInputError, BadModelFileError
+
+# insightface's arcface_dst template (112×112): left eye, right eye, nose, left/right mouth corner.
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+
+
+def _cv2():
+    import cv2
+
+    return cv2
+
+
+def _to_uint8(image) -> np.ndarray:
+    a = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if a.ndim == 4:
+        a = a[0]
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def detect_face(image) -> Optional[Tuple[int, int, int, int]]:
+    """Largest face box ``(x, y, w, h)`` in an RGB image (H,W,3; uint8 or 0..1 float), or None."""
+    cv2 = _cv2()
+    rgb = _to_uint8(image)
+    grey = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    casc = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml"))
+    m = max(16, min(grey.shape) // 12)
+    faces = casc.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(m, m))
+    if len(faces) == 0:
+        return None
+    x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
+    return int(x), int(y), int(w), int(h)
+
+
+def _eyes(grey: np.ndarray, box) -> Optional[np.ndarray]:
+    cv2 = _cv2()
+    x, y, w, h = box
+    roi = grey[y:y + h // 2 + h // 10, x:x + w]
+    casc = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, "haarcascade_eye.xml"))
+    eyes = casc.detectMultiScale(roi, scaleFactor=1.1, minNeighbors=4, minSize=(max(4, w // 10),) * 2, maxSize=(w // 2,) * 2)
+    if len(eyes) < 2:
+        return None
+    eyes = sorted(eyes, key=lambda e: e[2] * e[3], reverse=True)[:2]
+    pts = np.array([[x + ex + ew / 2, y + ey + eh / 2] for ex, ey, ew, eh in eyes], dtype=np.float32)
+    pts = pts[np.argsort(pts[:, 0])]
+    if abs(pts[1, 0] - pts[0, 0]) < w * 0.2:
+        return None
+    return pts
+
+
+def align_face(image, landmarks: Optional[Sequence[Sequence[float]]] = None, box=None, size: int = 112) -> np.ndarray:
+    """112×112 (or ``size``) aligned RGB uint8 face crop.  Raises BadInputError when no face is found."""
+    cv2 = _cv2()
+    rgb = _to_uint8(image)
+    s = size / 112.0
+    if landmarks is not None:
+        src = np.asarray(landmarks, dtype=np.float32).reshape(-1, 2)
+        if src.shape[0] != 5 or not np.isfinite(src).all():
+            raise BadInputError("Face landmarks must be 5 finite (x, y) points: eyes, nose tip, mouth corners.")
+        M, _ = cv2.estimateAffinePartial2D(src, ARCFACE_TEMPLATE * s, method=cv2.LMEDS)
+        if M is None:
+            raise BadInputError("Could not align the face from the given landmarks.")
+        return cv2.warpAffine(rgb, M, (size, size), borderValue=0)
+    if box is None:
+        box = detect_face(rgb)
+    if box is None:
+        raise BadInputError("No face found in the reference image (OpenCV frontal-face detector). Use a photo with a "
+                            "visible frontal face, or give face landmarks.")
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    eyes = _eyes(grey, box)
+    if eyes is not None:
+        M, _ = cv2.estimateAffinePartial2D(eyes, ARCFACE_TEMPLATE[:2] * s, method=cv2.LMEDS)
+        if M is not None:
+            return cv2.warpAffine(rgb, M, (size, size), borderValue=0)
+    x, y, w, h = box
+    c = np.array([x + w / 2, y + h / 2 + 0.05 * h])
+    half = 0.6 * max(w, h)
+    src = np.float32([[c[0] - half, c[1] - half], [c[0] + half, c[1] - half], [c[0] - half, c[1] + half]])
+    dst = np.float32([[0, 0], [size, 0], [0, size]])
+    return cv2.warpAffine(rgb, cv2.getAffineTransform(src, dst), (size, size), borderValue=0)
+
+
+class ArcFace:
+    """ArcFace ONNX model run with onnxruntime (CUDA provider first when available)."""
+
+    def __init__(self, path: str):
+        import onnxruntime as ort
+
+        if not os.path.isfile(path):
+            raise BadModelFileError(f"ArcFace model not found: {path}")
+        avail = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+        try:
+            self.session = ort.InferenceSession(path, providers=providers)
+        except Exception as e:  # noqa: BLE001
+            raise BadModelFileError(f"Could not load ArcFace ONNX {path}: {e}") from e
+        inp = self.session.get_inputs()
+        out = self.session.get_outputs()
+        if len(inp) != 1 or len(out) < 1 or len(inp[0].shape) != 4:
+            raise BadModelFileError(f"{path} does not have ArcFace's signature (one image input (1,3,112,112), one (1,512) output).")
+        self.input = inp[0].name
+        shape = inp[0].shape
+        self.nhwc = shape[-1] == 3 and shape[1] != 3
+        self.size = int(shape[1] if self.nhwc else shape[2]) if isinstance(shape[2], int) else 112
+
+    def embed(self, face_rgb: np.ndarray) -> np.ndarray:
+        """(512,) L2-normalised embedding of an aligned RGB face crop."""
+        cv2 = _cv2()
+        f = face_rgb if face_rgb.shape[0] == self.size else cv2.resize(face_rgb, (self.size, self.size))
+        x = (f.astype(np.float32) - 127.5) / 127.5
+        x = x[None] if self.nhwc else x.transpose(2, 0, 1)[None]
+        y = self.session.run(None, {self.input: np.ascontiguousarray(x)})[0].reshape(-1).astype(np.float32)
+        n = float(np.linalg.norm(y))
+        if not np.isfinite(n) or n == 0:
+            raise BadInputError("ArcFace returned an invalid embedding (NaN or zero).")
+        return y / n

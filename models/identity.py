@@ -1,0 +1,193 @@
+"""Identity through decoupled cross-attention (IP-Adapter / VividPose style).
+
+The adapter turns a CLIP image embedding into ``num_image_tokens`` tokens (SD1.5; SVD already feeds
+CLIP to its own cross-attention) and an ArcFace embedding into ``num_face_tokens`` tokens.  These
+tokens are appended to the UNet's context; every cross-attention layer gets a
+:class:`DecoupledCrossAttnProcessor` that splits the context back into ``[base | image | face]`` and
+computes::
+
+    out = Attn(q, K(base), V(base)) + s_img·Attn(q, K_img(image), V_img(image)) + s_face·Attn(q, K_face(face), V_face(face))
+
+with an extra, trainable K/V projection pair per layer for each token kind (initialised as copies of
+the layer's own ``to_k``/``to_v``, as IP-Adapter's training does).  The unconditional branch uses the
+projections of zero embeddings.  Weights load from and save to safetensors with the config in the
+metadata (``performer.kind = identity_adapter``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Dict, Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import BadInputError, BadModelFileError
+from .reference_attention import patched_processors
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def cross_attention_layers(unet: nn.Module) -> Dict[str, nn.Module]:
+    """Module name → Attention for every cross-attention (``attn2``) layer."""
+    out = {}
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            mod = unet.get_submodule(name[: -len(".processor")])
+            if getattr(mod, "is_cross_attention", False):  # AnimateDiff's attn2 is temporal *self*-attention
+                out[name[: -len(".processor")]] = mod
+    return out
+
+
+class IdentityAdapter(nn.Module):
+    def __init__(self, layers: Dict[str, list], cross_dim: int, clip_dim: int = 0, num_image_tokens: int = 4,
+                 face_dim: int = 512, num_face_tokens: int = 4):
+        super().__init__()
+        self.config = dict(layers={k: list(v) for k, v in layers.items()}, cross_dim=int(cross_dim), clip_dim=int(clip_dim),
+                           num_image_tokens=int(num_image_tokens) if clip_dim else 0, face_dim=int(face_dim),
+                           num_face_tokens=int(num_face_tokens))
+        c = self.config
+        self.image_proj = None
+        if c["clip_dim"]:
+            self.image_proj = nn.Sequential(nn.Linear(c["clip_dim"], c["num_image_tokens"] * cross_dim))
+            self.image_norm = nn.LayerNorm(cross_dim)
+        self.face_proj = nn.Sequential(nn.Linear(face_dim, face_dim * 2), nn.GELU(), nn.Linear(face_dim * 2, num_face_tokens * cross_dim))
+        self.face_norm = nn.LayerNorm(cross_dim)
+        kv = {}
+        for name, (in_dim, out_dim) in c["layers"].items():
+            if c["clip_dim"]:
+                kv[_key(name) + "__k_img"] = nn.Linear(in_dim, out_dim, bias=False)
+                kv[_key(name) + "__v_img"] = nn.Linear(in_dim, out_dim, bias=False)
+            kv[_key(name) + "__k_face"] = nn.Linear(in_dim, out_dim, bias=False)
+            kv[_key(name) + "__v_face"] = nn.Linear(in_dim, out_dim, bias=False)
+        self.kv = nn.ModuleDict(kv)
+
+    @classmethod
+    def for_unet(cls, unet: nn.Module, clip_dim: int = 0, **kw) -> "IdentityAdapter":
+        """A fresh adapter for ``unet`` whose K/V pairs start as copies of each layer's own ``to_k``/``to_v``."""
+        layers = cross_attention_layers(unet)
+        if not layers:
+            raise BadInputError("This UNet has no cross-attention layers for an identity adapter.")
+        dims = {n: [a.to_k.in_features, a.to_k.out_features] for n, a in layers.items()}
+        cross = {d[0] for d in dims.values()}
+        if len(cross) != 1:
+            raise BadInputError(f"Cross-attention layers disagree on context width: {sorted(cross)}.")
+        ad = cls(dims, cross.pop(), clip_dim, **kw)
+        with torch.no_grad():
+            for n, a in layers.items():
+                for kind in (("img", "face") if ad.image_proj is not None else ("face",)):
+                    ad.kv[_key(n) + f"__k_{kind}"].weight.copy_(a.to_k.weight)
+                    ad.kv[_key(n) + f"__v_{kind}"].weight.copy_(a.to_v.weight)
+        return ad
+
+    @property
+    def num_tokens(self) -> int:
+        return self.config["num_image_tokens"] + self.config["num_face_tokens"]
+
+    def tokens(self, clip_embeds: Optional[torch.Tensor], face_embeds: Optional[torch.Tensor], batch: int = 1) -> torch.Tensor:
+        """(batch, num_image_tokens + num_face_tokens, cross_dim); a missing embedding counts as zeros (= unconditional)."""
+        c = self.config
+        p = next(self.parameters())
+        parts = []
+        if self.image_proj is not None:
+            x = clip_embeds if clip_embeds is not None else torch.zeros(batch, c["clip_dim"])
+            if x.shape[-1] != c["clip_dim"]:
+                raise BadInputError(f"CLIP embedding has width {x.shape[-1]}; this identity adapter expects {c['clip_dim']}.")
+            parts.append(self.image_norm(self.image_proj(x.to(p.device, p.dtype)).view(x.shape[0], c["num_image_tokens"], c["cross_dim"])))
+        f = face_embeds if face_embeds is not None else torch.zeros(batch, c["face_dim"])
+        if f.shape[-1] != c["face_dim"]:
+            raise BadInputError(f"Face embedding has width {f.shape[-1]}; this identity adapter expects {c['face_dim']}.")
+        parts.append(self.face_norm(self.face_proj(f.to(p.device, p.dtype)).view(f.shape[0], c["num_face_tokens"], c["cross_dim"])))
+        return torch.cat(parts, 1)
+
+    def save(self, path: str, extra_metadata: Optional[Dict[str, str]] = None) -> None:
+        from safetensors.torch import save_file
+
+        meta = {"performer.kind": "identity_adapter", "performer.config": json.dumps(self.config)}
+        meta.update(extra_metadata or {})
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, path, metadata=meta)
+
+
+def load_identity_adapter(path: str, device=None, dtype=torch.float32) -> IdentityAdapter:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise BadModelFileError(f"Could not read identity adapter {path}: {e}") from e
+    if meta.get("performer.kind") != "identity_adapter":
+        raise BadModelFileError(f"{path} is not a Performer identity adapter (metadata performer.kind="
+                                f"{meta.get('performer.kind')!r}; expected 'identity_adapter').")
+    cfg = json.loads(meta["performer.config"])
+    ad = IdentityAdapter(**cfg)
+    try:
+        ad.load_state_dict(sd)
+    except RuntimeError as e:
+        raise BadModelFileError(f"Identity adapter {path} does not match its own config: {e}") from e
+    return ad.to(device or "cpu", dtype).eval().requires_grad_(False)
+
+
+class DecoupledCrossAttnProcessor:
+    def __init__(self, name: str, adapter: IdentityAdapter, scales: Dict[str, float]):
+        self.name, self.adapter, self.scales = name, adapter, scales
+
+    @staticmethod
+    def _sdpa(attn, q, k, v):
+        h = attn.heads
+        b = q.shape[0]
+        q, k, v = (t.view(b, -1, h, t.shape[-1] // h).transpose(1, 2) for t in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, h * q.shape[-1]).to(q.dtype)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if encoder_hidden_states is None or hidden_states.ndim != 3:
+            raise BadInputError(f"Decoupled cross-attention at {self.name} needs a context.")
+        c = self.adapter.config
+        n_img, n_face = c["num_image_tokens"], c["num_face_tokens"]
+        n_base = encoder_hidden_states.shape[1] - n_img - n_face
+        if n_base < 1:
+            raise BadInputError(f"The context at {self.name} has {encoder_hidden_states.shape[1]} tokens; "
+                                f"expected base tokens plus {n_img + n_face} identity tokens.")
+        residual = hidden_states
+        ctx = encoder_hidden_states
+        base, img, face = ctx[:, :n_base], ctx[:, n_base:n_base + n_img], ctx[:, n_base + n_img:]
+        if attn.norm_cross:
+            base = attn.norm_encoder_hidden_states(base)
+        q = attn.to_q(hidden_states)
+        out = self._sdpa(attn, q, attn.to_k(base), attn.to_v(base))
+        key = _key(self.name)
+        if n_img and self.scales.get("image", 1.0):
+            kv = self.adapter.kv
+            out = out + self.scales.get("image", 1.0) * self._sdpa(attn, q, kv[key + "__k_img"](img), kv[key + "__v_img"](img))
+        if n_face and self.scales.get("face", 1.0):
+            kv = self.adapter.kv
+            out = out + self.scales.get("face", 1.0) * self._sdpa(attn, q, kv[key + "__k_face"](face), kv[key + "__v_face"](face))
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+@contextlib.contextmanager
+def identity_attention(unet: nn.Module, adapter: IdentityAdapter, image_scale: float = 1.0,
+                       face_scale: float = 1.0) -> Iterator[None]:
+    """Install decoupled cross-attention on every ``attn2`` of ``unet``; originals restored on exit."""
+    layers = set(adapter.config["layers"])
+    missing = [n for n in cross_attention_layers(unet) if n not in layers]
+    if missing:
+        raise BadInputError(f"The identity adapter was made for another UNet: it lacks layers such as {missing[0]}.")
+    scales = {"image": float(image_scale), "face": float(face_scale)}
+
+    targets = {n + ".processor" for n in cross_attention_layers(unet)}
+
+    def make(name, proc):
+        if name in targets:
+            return DecoupledCrossAttnProcessor(name[: -len(".processor")], adapter, scales)
+        return None
+
+    with patched_processors(unet, make):
+        yield

@@ -1,0 +1,173 @@
+"""Causal reference attention (SCD) as diffusers attention processors.
+
+How it works
+------------
+* The reference latent goes once through the *same* denoising UNet at t = 0 ("write" pass).  Every
+  spatial self-attention layer (``…attentions.N.transformer_blocks.M.attn1``) stores the reference
+  keys and values it computed, in a cache keyed by the layer's module name.  During that pass the
+  reference attends only to itself, so the reference never sees the target (the causal mask of SCD).
+* During sampling ("read" mode) each target query attends to ``[K_ref, K_target]`` / ``[V_ref, V_target]``.
+  The cached reference K/V (batch 1) is shared by every frame; both UNet layouts flatten batch-major,
+  ``(b f)`` for AnimateDiff's UNetMotionModel and ``(B·F)`` for SVD's spatio-temporal UNet, so row ``r``
+  belongs to batch item ``r // frames`` in both.
+* Temporal / motion-module attention is never touched: the reference is a single still frame.
+* ``strength`` scales the reference's share of the attention: the reference logits get ``log(strength)``
+  added, so 1 is SCD as published and 0 removes the reference exactly (its softmax weights are 0).
+* Classifier-free guidance: the sampler tells the processors how many leading rows belong to the
+  unconditional half (batch order ``[uncond, cond]``).  ``uncond="drop"`` gives those rows plain
+  self-attention (Moore-AnimateAnyone's choice: CFG then also pushes toward the reference look);
+  ``uncond="keep"`` lets every row read the reference.
+
+The cache is filled once per sampling run (``writes`` counts it) and cleared at the end.  The
+:func:`reference_attention` context manager installs the processors and always restores the
+UNet's original processor objects, also when sampling raises or is interrupted.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .errors import BadInputError
+
+
+def is_spatial_self_attention(name: str) -> bool:
+    """Processor names of the spatial self-attention layers (not temporal, motion or cross-attention)."""
+    return (name.endswith("attn1.processor") and ".attentions." in name and ".transformer_blocks." in name
+            and "temporal" not in name and "motion_modules" not in name)
+
+
+@dataclass
+class ReferenceState:
+    """Shared by all processors of one run."""
+
+    mode: str = "off"  # "off" | "write" | "read"
+    strength: float = 1.0
+    uncond: str = "drop"  # "drop" | "keep"
+    uncond_rows: int = 0  # leading rows of the current batch that are the unconditional half
+    cache: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    writes: int = 0  # number of write passes in this run
+    reads: int = 0  # number of layer reads (for tests / diagnostics)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, c = x.shape
+    return x.view(b, n, heads, c // heads).transpose(1, 2)
+
+
+class ReferenceAttnProcessor:
+    """Self-attention processor for one layer; equals diffusers' ``AttnProcessor2_0`` when mode is "off"."""
+
+    def __init__(self, name: str, state: ReferenceState):
+        self.name = name
+        self.state = state
+
+    def _attend(self, attn, q, k, v, bias=None):
+        h = attn.heads
+        q, k, v = _heads(q, h), _heads(k, h), _heads(v, h)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)
+        return out.transpose(1, 2).reshape(q.shape[0], -1, h * q.shape[-1]).to(q.dtype)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        if encoder_hidden_states is not None or attention_mask is not None or attn.group_norm is not None \
+                or attn.spatial_norm is not None or hidden_states.ndim != 3:
+            raise BadInputError(f"Reference attention expects plain self-attention at {self.name}.")
+        st = self.state
+        residual = hidden_states
+        q = attn.to_q(hidden_states)
+        k = attn.to_k(hidden_states)
+        v = attn.to_v(hidden_states)
+        if st.mode == "write":
+            st.cache[self.name] = (k.detach(), v.detach())
+            out = self._attend(attn, q, k, v)
+        elif st.mode == "read" and self.name in st.cache:
+            st.reads += 1
+            kr, vr = st.cache[self.name]
+            rows = q.shape[0]
+            start = st.uncond_rows if st.uncond == "drop" else 0
+            out = torch.empty_like(q)
+            if start:
+                out[:start] = self._attend(attn, q[:start], k[:start], v[:start])
+            if start < rows:
+                n = rows - start
+                if kr.shape[0] != 1:
+                    raise BadInputError("The reference cache must hold one reference image.")
+                kk = torch.cat([kr.to(k.dtype).expand(n, -1, -1), k[start:]], 1)
+                vv = torch.cat([vr.to(v.dtype).expand(n, -1, -1), v[start:]], 1)
+                bias = None
+                if st.strength != 1.0:
+                    lref = kr.shape[1]
+                    bias = torch.zeros(1, 1, 1, kk.shape[1], dtype=q.dtype, device=q.device)
+                    bias[..., :lref] = math.log(st.strength) if st.strength > 0 else float("-inf")
+                out[start:] = self._attend(attn, q[start:], kk, vv, bias)
+        else:
+            out = self._attend(attn, q, k, v)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+@contextlib.contextmanager
+def patched_processors(unet: torch.nn.Module, make) -> Iterator[Dict[str, object]]:
+    """Install ``make(name, original)`` processors (where it returns one) and restore the originals on exit.
+
+    The UNet is the cached one another node holds, so restoring in ``finally`` is what makes this safe."""
+    original = dict(unet.attn_processors)
+    new = {}
+    for name, proc in original.items():
+        p = make(name, proc)
+        new[name] = proc if p is None else p
+    try:
+        unet.set_attn_processor(new)
+        yield new
+    finally:
+        unet.set_attn_processor(original)
+
+
+@contextlib.contextmanager
+def reference_attention(unet: torch.nn.Module, strength: float = 1.0, uncond: str = "drop",
+                        state: Optional[ReferenceState] = None) -> Iterator[ReferenceState]:
+    """Install reference processors on ``unet`` for one sampling run; yields the shared state."""
+    if uncond not in ("drop", "keep"):
+        raise BadInputError(f"reference uncond mode must be 'drop' or 'keep'; got {uncond!r}.")
+    if not 0.0 <= strength:
+        raise BadInputError(f"reference strength must be >= 0; got {strength}.")
+    st = state or ReferenceState()
+    st.strength, st.uncond = float(strength), uncond
+    found = []
+
+    def make(name, proc):
+        if is_spatial_self_attention(name):
+            found.append(name)
+            return ReferenceAttnProcessor(name[: -len(".processor")], st)
+        return None
+
+    with patched_processors(unet, make):
+        if not found:
+            raise BadInputError("This UNet has no spatial self-attention layers to attach the reference to.")
+        try:
+            yield st
+        finally:
+            st.cache.clear()
+            st.mode = "off"
+
+
+@torch.no_grad()
+def write_reference(state: ReferenceState, run_unet) -> None:
+    """Fill the cache with one pass ``run_unet()`` of the reference through the UNet (at t = 0)."""
+    state.mode = "write"
+    state.cache.clear()
+    try:
+        run_unet()
+    finally:
+        state.mode = "read"
+    state.writes += 1
