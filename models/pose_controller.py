@@ -128,6 +128,10 @@ def maps_to_tensor(images: torch.Tensor, height: int, width: int, frames: int, w
     if images.shape[0] < frames:
         raise BadInputError(f"{what} has {images.shape[0]} frames but {frames} frames are sampled; give at least as many pose frames as frames.")
     x = images[:frames, ..., :3].permute(0, 3, 1, 2).float()
+    h0, w0 = x.shape[-2:]
+    if abs(w0 / h0 - width / height) > 0.01 * (width / height):
+        raise BadInputError(f"{what} are {w0}×{h0} but the video (the reference image) is {width}×{height}; give maps with the "
+                            "same aspect ratio (they are resized to the video size).")
     if x.shape[-2:] != (height, width):
         x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
     if not torch.isfinite(x).all():

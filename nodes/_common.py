@@ -8,6 +8,9 @@ import folder_paths
 from comfy_api.latest import io
 
 PIPE = io.Custom("PERFORMER_PIPE")
+REFERENCE = io.Custom("PERFORMER_REFERENCE")
+OPTIONS = io.Custom("PERFORMER_SAMPLER_OPTIONS")
+NONE = "none"
 CATEGORY = "Performer"
 
 # Folder kinds the pack reads.  Core kinds are reused where users already keep weights;

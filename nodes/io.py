@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ._common import CATEGORY, DTYPE_INPUT, PIPE, comfy_tokenizer_dir, device_and_dtype, resolve, weight_choices
+from ._common import CATEGORY, DTYPE_INPUT, NONE, PIPE, comfy_tokenizer_dir, device_and_dtype, resolve, weight_choices
 
 BACKBONE_KINDS = ("checkpoints", "diffusers")
 _CACHE: dict = {}
@@ -88,4 +88,60 @@ class PerformerAddControlNet(io.ComfyNode):
         return io.NodeOutput(with_controlnet(pipe, resolve(controlnet, ("controlnet",))))
 
 
-NODES = [PerformerLoadBackbone, PerformerAddMotionModule, PerformerAddControlNet]
+class PerformerAddPoseController(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerAddPoseController",
+            display_name="Add Pose Controller (VividPose) 🎭",
+            category=f"{CATEGORY}/loaders",
+            description="Adds a VividPose-style pose controller (skeleton-map and SMPL-X-render encoders ending in zero "
+                        "convs, summed into the noisy latent) from models/performer/adapters. Returns a new pipe.",
+            inputs=[
+                PIPE.Input("pipe", tooltip="An SD1.5 (AnimateDiff) or SVD pipe."),
+                io.Combo.Input("pose_controller", options=weight_choices("performer_adapters", with_dirs=False),
+                               tooltip="Pose controller .safetensors in models/performer/adapters (trained with the Personalise node)."),
+            ],
+            outputs=[PIPE.Output(display_name="pipe", tooltip="A new pipe with the pose controller.")],
+        )
+
+    @classmethod
+    def execute(cls, pipe, pose_controller) -> io.NodeOutput:
+        from ..models.backbones import with_pose_controller
+
+        return io.NodeOutput(with_pose_controller(pipe, resolve(pose_controller, ("performer_adapters",))))
+
+
+class PerformerAddIdentityAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerAddIdentityAdapter",
+            display_name="Add Identity Adapter (CLIP + ArcFace) 🎭",
+            category=f"{CATEGORY}/loaders",
+            description="Identity through decoupled cross-attention: an adapter (models/performer/adapters) that turns the "
+                        "reference's CLIP image embedding (SD1.5; SVD uses its own) and ArcFace face embedding into extra "
+                        "tokens with their own K/V per cross-attention layer. Returns a new pipe.",
+            inputs=[
+                PIPE.Input("pipe", tooltip="An SD1.5 (AnimateDiff) or SVD pipe."),
+                io.Combo.Input("adapter", options=[NONE] + weight_choices("performer_adapters", with_dirs=False),
+                               tooltip="Identity adapter .safetensors in models/performer/adapters, or none (only load encoders)."),
+                io.Combo.Input("clip_vision", options=[NONE] + weight_choices("clip_vision", with_dirs=False),
+                               tooltip="SD1.5 only: CLIP vision model in models/clip_vision (e.g. the ViT-H one IP-Adapter uses)."),
+                io.Combo.Input("arcface", options=[NONE] + weight_choices("performer_face", with_dirs=False),
+                               tooltip="ArcFace ONNX in models/performer/face (insightface w600k_r50.onnx or similar)."),
+            ],
+            outputs=[PIPE.Output(display_name="pipe", tooltip="A new pipe with the identity adapter and encoders.")],
+        )
+
+    @classmethod
+    def execute(cls, pipe, adapter, clip_vision, arcface) -> io.NodeOutput:
+        from ..models.backbones import with_identity_adapter
+
+        pick = lambda name, kind: None if name == NONE else resolve(name, (kind,))  # noqa: E731
+        return io.NodeOutput(with_identity_adapter(pipe, pick(adapter, "performer_adapters"), pick(clip_vision, "clip_vision"),
+                                                   pick(arcface, "performer_face")))
+
+
+NODES = [PerformerLoadBackbone, PerformerAddMotionModule, PerformerAddControlNet, PerformerAddPoseController,
+         PerformerAddIdentityAdapter]

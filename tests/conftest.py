@@ -38,6 +38,9 @@ def host(models_tree, tmp_path_factory):
 
     work = str(tmp_path_factory.mktemp("host"))
     h = ComfyHost(work, models_tree[0]).start()
+    import example_inputs
+
+    example_inputs.write_inputs(os.path.join(work, "input"))
     yield h
     h.stop()
     assert h.proc.poll() is not None, "ComfyUI host still running after stop()"

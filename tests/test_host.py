@@ -30,7 +30,9 @@ def pack_nodes(object_info):
 def test_object_info_lists_nodes_with_tooltips(host):
     info = host.get("/object_info")
     nodes = pack_nodes(info)
-    assert {"PerformerLoadBackbone", "PerformerAddMotionModule", "PerformerAddControlNet", "PerformerSampleVideo"} <= set(nodes)
+    assert {"PerformerLoadBackbone", "PerformerAddMotionModule", "PerformerAddControlNet", "PerformerSampleVideo",
+            "PerformerAddPoseController", "PerformerAddIdentityAdapter", "PerformerEncodeReference", "PerformerSamplerOptions",
+            "PerformerAnimate", "PerformerDecode"} <= set(nodes)
     for name, n in nodes.items():
         assert name.startswith("Performer") and n["category"].startswith("Performer/"), name
         assert n["description"], name
@@ -137,3 +139,44 @@ def test_models_package_never_imports_comfyui():
         src = open(path).read()
         for bad in ("import comfy", "from comfy", "import folder_paths", "comfy_api", "import server", "import nodes"):
             assert bad not in src, f"{path} imports ComfyUI ({bad})"
+
+
+def _error_of(host, api):
+    res = host.run(api, timeout=300)
+    assert res["status"] == "execution_error", res["status"]
+    return next(e for e in res["events"] if e["type"] == "execution_error")["data"]["exception_message"]
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("poses_shorter", "skeleton maps has 12 frames but 20 frames are sampled"),
+    ("skeleton_aspect", "skeleton maps are 64×48 but the video (the reference image) is 64×64"),
+    ("no_skeleton_for_controlnet", "ControlNet but no skeleton maps"),
+    ("wrong_family", "Motion modules work with SD1.5 pipes; this pipe is svd"),
+])
+def test_reference_workflow_bad_inputs(host, case, expected):
+    api = load_api("performer_animatediff_reference_controlnet")
+    if case == "poses_shorter":
+        api["10"]["inputs"]["frames"] = 20
+    elif case == "skeleton_aspect":
+        api["8"]["inputs"].update(width=64, height=48)
+    elif case == "no_skeleton_for_controlnet":
+        del api["10"]["inputs"]["skeleton"]
+        api["10"]["inputs"]["frames"] = 4
+    elif case == "wrong_family":
+        api["1"]["inputs"]["model"] = "tiny_svd.safetensors"
+    assert expected in _error_of(host, api)
+
+
+def test_sampler_options_chain_without_mutating_their_input(host):
+    """Two Animate nodes share one options node; a second options node chained after it changes only its own branch."""
+    api = load_api("performer_animatediff_reference_controlnet")
+    api["13"] = {"class_type": "PerformerSamplerOptions", "inputs": dict(api["9"]["inputs"], options=["9", 0], reference_strength=0.0)}
+    api["14"] = {"class_type": "PerformerAnimate", "inputs": dict(api["10"]["inputs"], options=["13", 0])}
+    api["15"] = {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": "performer/no_ref"}}
+    api["16"] = {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "performer/with_ref"}}
+    res = host.run(api, timeout=600)
+    assert res["status"] == "execution_success"
+    outs = res["history"]["outputs"]
+    a = [host.view(e) for e in outs["15"]["images"]]
+    b = [host.view(e) for e in outs["16"]["images"]]
+    assert len(a) == len(b) == 12 and a != b  # reference_strength 0 in the chained branch only
