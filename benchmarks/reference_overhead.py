@@ -6,6 +6,11 @@ Tiny real models (tests/tiny_models.py) on this CPU, one thread.  The default si
 UNet's ratio of tokens to channels at its first level close to real SD1.5 at 512² (4096 tokens /
 320 channels ≈ 12.8; here (40/2)² = 400 tokens / 32 channels = 12.5), so attention's share of the
 work — which is what the reference adds to — is like the real model's.  Goal: ≤ 1.15×.
+
+``--width-mult K`` (AnimateDiff only) swaps in a UNet + motion module of the same classes and layout
+with K× the channels (random weights; speed does not depend on them).  The test models' 8 heads of
+4 channels make attention unusually expensive per FLOP on a CPU; K = 4 gives 16-channel heads, closer
+to SD1.5's 40-channel ones.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ def main():
     ap.add_argument("--size", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backbone", choices=["animatediff", "svd"], default="animatediff")
+    ap.add_argument("--width-mult", type=int, default=1)
     a = ap.parse_args()
     paths = setup()
     import torch
@@ -35,7 +41,18 @@ def main():
         bb = load_backbone(paths["svd_file"])
         cfg = 2.5
     else:
-        bb = with_motion_module(load_backbone(paths["sd15_file"], tokenizer_dirs=[paths["tokenizer"]]), paths["mm_file"])
+        bb = load_backbone(paths["sd15_file"], tokenizer_dirs=[paths["tokenizer"]])
+        if a.width_mult > 1:
+            from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+            torch.manual_seed(0)
+            ch = [c * a.width_mult for c in bb.unet.config.block_out_channels]
+            unet2d = UNet2DConditionModel.from_config({**bb.unet.config, "block_out_channels": ch})
+            adapter = MotionAdapter(block_out_channels=ch, motion_layers_per_block=bb.unet.config.layers_per_block,
+                                    motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=32)
+            bb = bb.with_parts(unet=UNetMotionModel.from_unet2d(unet2d, adapter).eval(), motion_adapter=adapter)
+        else:
+            bb = with_motion_module(bb, paths["mm_file"])
         cfg = 7.5
     g = torch.Generator().manual_seed(0)
     ref = encode_reference(bb, torch.rand(1, a.size, a.size, 3, generator=g))
@@ -49,8 +66,9 @@ def main():
             sample_video(bb, s, ref, use_reference_attention=(mode == "reference"), ref_state=st)
             times[mode].append(time.perf_counter() - t0)
     plain, refd = statistics.median(times["plain"]), statistics.median(times["reference"])
-    write_result(f"reference_overhead_{a.backbone}", {
-        "backbone": a.backbone, "frames": a.frames, "steps": a.steps, "size": a.size, "cfg": cfg,
+    tag = a.backbone + (f"_x{a.width_mult}" if a.width_mult > 1 else "")
+    write_result(f"reference_overhead_{tag}", {
+        "backbone": a.backbone, "width_mult": a.width_mult, "frames": a.frames, "steps": a.steps, "size": a.size, "cfg": cfg,
         "threads": torch.get_num_threads(), "plain_s": round(plain, 3), "reference_s": round(refd, 3),
         "ratio": round(refd / plain, 3), "goal": 1.15, "reference_passes_per_run": st.writes / a.repeats,
         "all_times": times})

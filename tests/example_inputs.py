@@ -46,3 +46,10 @@ def write_inputs(input_dir: str, frames: int = 12) -> None:
     Image.fromarray(photo).save(os.path.join(input_dir, "performer_reference.png"))
     imgs = [Image.fromarray(stick_figure(i / frames)) for i in range(frames)]
     imgs[0].save(os.path.join(input_dir, "performer_skeleton.gif"), save_all=True, append_images=imgs[1:], duration=125, loop=0)
+
+
+if __name__ == "__main__":  # python tests/example_inputs.py /path/to/ComfyUI/input
+    import sys
+
+    write_inputs(sys.argv[1])
+    print("wrote performer_reference.png and performer_skeleton.gif to", sys.argv[1])
