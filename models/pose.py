@@ -353,3 +353,59 @@ def nearest_frame(train: PoseSequence, target: PoseSequence, threshold: float = 
     if best < 0:
         raise BadInputError("No training frame shares at least two visible joints with the target poses.")
     return best
+
+
+# ----------------------------------------------------------------------------- temporal clean-up
+
+
+def fill_gaps(pose: PoseSequence, max_gap: int = 4, threshold: float = 0.3) -> PoseSequence:
+    """Linearly interpolate points missing for at most ``max_gap`` frames between two frames where they are
+    visible (a person briefly not detected).  Filled points get the lower of the two confidences."""
+    k = pose.keypoints.copy()
+    vis = k[..., 2] > threshold
+    F = k.shape[0]
+    for p in range(k.shape[1]):
+        for j in range(N_POINTS):
+            idx = np.where(vis[:, p, j])[0]
+            for a, b in zip(idx[:-1], idx[1:]):
+                gap = b - a - 1
+                if 0 < gap <= max_gap:
+                    t = (np.arange(a + 1, b) - a) / (b - a)
+                    k[a + 1:b, p, j, :2] = k[a, p, j, :2] + t[:, None] * (k[b, p, j, :2] - k[a, p, j, :2])
+                    k[a + 1:b, p, j, 2] = min(k[a, p, j, 2], k[b, p, j, 2])
+    del F
+    return pose.copy(keypoints=k)
+
+
+def one_euro(pose: PoseSequence, min_cutoff: float = 1.0, beta: float = 0.05, d_cutoff: float = 1.0,
+             threshold: float = 0.3) -> PoseSequence:
+    """One-euro filter (Casiez et al. 2012) on every visible point track, at the sequence's fps.  Jitter at low
+    speed is smoothed strongly (``min_cutoff`` Hz), fast motion follows with little lag (``beta``).  A track
+    restarts after a missing frame."""
+    k = pose.keypoints.copy()
+    vis = k[..., 2] > threshold
+    rate = max(float(pose.fps), 1e-3)
+
+    def alpha(cut):
+        tau = 1.0 / (2 * math.pi * cut)
+        return 1.0 / (1.0 + tau * rate)
+
+    x_prev = np.zeros(k.shape[1:3] + (2,))
+    dx_prev = np.zeros_like(x_prev)
+    started = np.zeros(k.shape[1:3], bool)
+    for f in range(k.shape[0]):
+        v = vis[f]
+        x = k[f, ..., :2].astype(np.float64)
+        dx = np.where(started[..., None], (x - x_prev) * rate, 0.0)
+        a_d = alpha(d_cutoff)
+        dx_hat = a_d * dx + (1 - a_d) * dx_prev
+        cut = min_cutoff + beta * np.linalg.norm(dx_hat, axis=-1)
+        tau = 1.0 / (2 * math.pi * cut)
+        a = (1.0 / (1.0 + tau * rate))[..., None]
+        x_hat = np.where(started[..., None], a * x + (1 - a) * x_prev, x)
+        x_hat = np.where(v[..., None], x_hat, 0.0)
+        k[f, ..., :2] = np.where(v[..., None], x_hat, k[f, ..., :2])
+        x_prev = np.where(v[..., None], x_hat, x_prev)
+        dx_prev = np.where(v[..., None], dx_hat, 0.0)
+        started = v
+    return pose.copy(keypoints=k.astype(np.float32))

@@ -18,7 +18,11 @@ def hand_made_pose(w=512, h=512, dx=0.0, wave=0.0):
             13: (226, 390), 14: (286, 390), 15: (224, 470), 16: (288, 470)}
     for i, (x, y) in body.items():
         k[0, 0, i] = (x + dx, y, 0.9)
-    k[0, 0, 10, :2] += (20 * math.sin(wave), -40 * math.sin(wave))
+    if wave:  # raise the right forearm: rotate the wrist about the elbow (limb length unchanged)
+        ex, ey = body[8]
+        vx, vy = body[10][0] - ex, body[10][1] - ey
+        c, s_ = math.cos(-wave), math.sin(-wave)
+        k[0, 0, 10, :2] = (ex + dx + c * vx - s_ * vy, ey + s_ * vx + c * vy)
     feet = [(214, 486), (232, 488), (226, 474), (298, 486), (280, 488), (286, 474)]
     k[0, 0, 17:23] = [(x + dx, y, 0.8) for x, y in feet]
     t = np.linspace(0, 2 * np.pi, 68, endpoint=False)
@@ -102,3 +106,95 @@ def test_bad_pose_inputs():
         P.from_openpose([])
     with pytest.raises(BadInputError, match="expected 18×3"):
         P.from_openpose([{"people": [{"pose_keypoints_2d": [1, 2, 3]}], "canvas_width": 8, "canvas_height": 8}])
+
+
+def _limb_lengths(k):
+    from performer_pkg.models.retarget import LIMBS, ROOT, NECK
+
+    def pt(i):
+        if i == ROOT:
+            return (k[11, :2] + k[12, :2]) / 2
+        if i == NECK:
+            return (k[5, :2] + k[6, :2]) / 2
+        return k[i, :2]
+
+    return {(a, b): float(np.linalg.norm(pt(b) - pt(a))) for a, b in LIMBS}, pt
+
+
+def _angles(k):
+    from performer_pkg.models.retarget import LIMBS
+
+    _, pt = _limb_lengths(k)
+    return np.array([math.atan2(*(pt(b) - pt(a))[::-1]) for a, b in LIMBS])
+
+
+@pytest.mark.parametrize("ref_canvas", [(512, 512), (300, 900)])
+def test_retarget_matches_reference_limbs_keeps_angles_and_canvas(ref_canvas):
+    from performer_pkg.models.retarget import retarget
+
+    # driving: the hand-made person walking right with a waving arm; reference: a person with a longer torso,
+    # longer legs and shorter arms, seen in another framing (another canvas size, off-centre)
+    drive = P.PoseSequence(np.concatenate([hand_made_pose(dx=8 * f, wave=0.3 * f).keypoints for f in range(10)]), 512, 512, 10)
+    rk = hand_made_pose().keypoints[0, 0].copy()
+    hips = (rk[11, :2] + rk[12, :2]) / 2
+    rk[:5, 1] -= 30  # longer neck/torso
+    rk[5:11, 1] -= 30
+    for a, b in ((7, 5), (8, 6), (9, 7), (10, 8)):
+        rk[a, :2] = rk[b, :2] + 0.8 * (rk[a, :2] - rk[b, :2])
+    for a in (13, 14):
+        rk[a, 1] += 20
+    for a in (15, 16):
+        rk[a, 1] += 45
+    sx, sy = ref_canvas[0] / 512, ref_canvas[1] / 512
+    scale = min(sx, sy) * 0.8
+    rk[:, :2] = (rk[:, :2] - hips) * scale + hips * (sx, sy)
+    ref = P.PoseSequence(rk[None, None], ref_canvas[0], ref_canvas[1])
+    out = retarget(drive, ref, keep_translation=True)
+    want, _ = _limb_lengths(rk * np.array([512 / ref_canvas[1], 512 / ref_canvas[1], 1]))
+    for f in range(drive.frames):
+        got, _ = _limb_lengths(out.keypoints[f, 0])
+        for limb, L in want.items():
+            assert abs(got[limb] - L) <= 0.02 * L + 1e-3, (f, limb, got[limb], L)
+        np.testing.assert_allclose(_angles(out.keypoints[f, 0]), _angles(drive.keypoints[f, 0]), atol=1e-4)
+    vis = out.keypoints[..., 2] > 0.3
+    xy = out.keypoints[..., :2][vis]
+    assert xy.min() >= 0 and xy[:, 0].max() <= 511 and xy[:, 1].max() <= 511
+    # translation: kept (moves right) or not (hips fixed)
+    hips_x = (out.keypoints[:, 0, 11, 0] + out.keypoints[:, 0, 12, 0]) / 2
+    assert hips_x[-1] > hips_x[0] + 20
+    still = retarget(drive, ref, keep_translation=False)
+    sh = (still.keypoints[:, 0, 11, 0] + still.keypoints[:, 0, 12, 0]) / 2
+    assert np.ptp(sh) < 1e-3
+
+
+def test_retarget_fits_inside_canvas_and_rejects_missing_people():
+    from performer_pkg.models.retarget import retarget
+
+    drive = P.PoseSequence(np.concatenate([hand_made_pose(dx=20 * f).keypoints for f in range(8)]), 512, 512)
+    big = hand_made_pose().keypoints.copy()
+    big[..., :2] = (big[..., :2] - 256) * 1.9 + 256  # a reference that fills more than the canvas
+    out = retarget(drive, P.PoseSequence(big, 512, 512))
+    xy = out.keypoints[..., :2][out.keypoints[..., 2] > 0.3]
+    assert xy.min() >= 0 and xy.max() <= 511
+    empty_ref = P.empty(1, 512, 512)
+    with pytest.raises(BadInputError, match="No person found in the reference"):
+        retarget(drive, empty_ref)
+    with pytest.raises(BadInputError, match="No driving frame"):
+        retarget(P.empty(3, 512, 512), hand_made_pose())
+
+
+def test_gap_filling_and_one_euro_smoothing():
+    rng = np.random.default_rng(0)
+    seq = P.PoseSequence(np.concatenate([hand_made_pose(dx=4 * f).keypoints for f in range(30)]), 512, 512, 30)
+    clean = seq.keypoints.copy()
+    noisy = seq.copy()
+    noisy.keypoints[..., :2] += rng.normal(0, 3, noisy.keypoints[..., :2].shape).astype(np.float32)
+    noisy.keypoints[10:13, 0, :, 2] = 0  # person missing for 3 frames
+    noisy.keypoints[10:13, 0, :, :2] = 0
+    filled = P.fill_gaps(noisy, max_gap=4)
+    assert (filled.keypoints[10:13, 0, :17, 2] > 0).all()
+    assert np.abs(filled.keypoints[11, 0, :17, :2] - clean[11, 0, :17, :2]).max() < 15
+    assert (P.fill_gaps(noisy, max_gap=2).keypoints[10:13, 0, :, 2] == 0).all()  # longer gaps are left alone
+    smooth = P.one_euro(filled, min_cutoff=1.0, beta=0.0)
+    err = lambda k: np.abs(np.diff(k[15:, 0, :17, :2] - clean[15:, 0, :17, :2], axis=0)).mean()  # noqa: E731
+    assert err(smooth.keypoints) < 0.5 * err(filled.keypoints)  # frame-to-frame jitter at least halved
