@@ -280,10 +280,16 @@ def draw_frame(k: np.ndarray, width: int, height: int, src_w: int, src_h: int, b
     return canvas
 
 
-def draw(pose: PoseSequence, width: Optional[int] = None, height: Optional[int] = None, **kw) -> np.ndarray:
-    """Skeleton maps (frames, height, width, 3) uint8 at any resolution (default: the pose canvas)."""
+def draw(pose: PoseSequence, width: Optional[int] = None, height: Optional[int] = None, callback=None, **kw) -> np.ndarray:
+    """Skeleton maps (frames, height, width, 3) uint8 at any resolution (default: the pose canvas).
+    ``callback(done, total)`` is called after each frame (progress / interruption)."""
     w, h = width or pose.width, height or pose.height
-    return np.stack([draw_frame(pose.keypoints[f], w, h, pose.width, pose.height, **kw) for f in range(pose.frames)])
+    out = np.zeros((pose.frames, h, w, 3), np.uint8)
+    for f in range(pose.frames):
+        out[f] = draw_frame(pose.keypoints[f], w, h, pose.width, pose.height, **kw)
+        if callback:
+            callback(f + 1, pose.frames)
+    return out
 
 
 # ----------------------------------------------------------------------------- landmarks

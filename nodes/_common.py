@@ -10,6 +10,8 @@ from comfy_api.latest import io
 PIPE = io.Custom("PERFORMER_PIPE")
 REFERENCE = io.Custom("PERFORMER_REFERENCE")
 OPTIONS = io.Custom("PERFORMER_SAMPLER_OPTIONS")
+POSE = io.Custom("PERFORMER_POSE")
+POSE_KEYPOINT = io.Custom("POSE_KEYPOINT")  # comfyui_controlnet_aux's OpenPose-JSON type
 NONE = "none"
 CATEGORY = "Performer"
 

@@ -3,6 +3,9 @@
 * ``performer_reference.png``: a real photo (``skimage.data.astronaut()``, NASA, public domain), 128×128.
 * ``performer_skeleton.gif``: 12 frames of an OpenPose-coloured stick figure waving an arm (drawn here
   with OpenCV; the pose layer's renderer will replace it).
+* ``performer_driving_pose.json`` / ``performer_reference_pose.json``: OpenPose-JSON pose sequences of the
+  hand-made person below (12 frames walking and waving; one frame of a smaller, longer-legged person on a
+  640×512 canvas) for the retargeting workflow.
 """
 from __future__ import annotations
 
@@ -36,6 +39,38 @@ def stick_figure(t: float, size: int = 128) -> np.ndarray:
     return img
 
 
+def hand_made_pose(w=512, h=512, dx=0.0, wave=0.0):
+    """(needs the pack importable as performer_pkg) A standing person: every body, foot, face and hand point placed by hand (pixels)."""
+    from performer_pkg.models.pose import LHAND, RHAND, PoseSequence
+
+    k = np.zeros((1, 1, 133, 3), np.float32)
+    body = {0: (256, 96), 1: (246, 86), 2: (266, 86), 3: (234, 92), 4: (278, 92), 5: (216, 150), 6: (296, 150),
+            7: (196, 220), 8: (316, 220), 9: (186, 290), 10: (326, 290), 11: (230, 300), 12: (282, 300),
+            13: (226, 390), 14: (286, 390), 15: (224, 470), 16: (288, 470)}
+    for i, (x, y) in body.items():
+        k[0, 0, i] = (x + dx, y, 0.9)
+    if wave:  # raise the right forearm: rotate the wrist about the elbow (limb length unchanged)
+        ex, ey = body[8]
+        vx, vy = body[10][0] - ex, body[10][1] - ey
+        c, s_ = math.cos(-wave), math.sin(-wave)
+        k[0, 0, 10, :2] = (ex + dx + c * vx - s_ * vy, ey + s_ * vx + c * vy)
+    feet = [(214, 486), (232, 488), (226, 474), (298, 486), (280, 488), (286, 474)]
+    k[0, 0, 17:23] = [(x + dx, y, 0.8) for x, y in feet]
+    t = np.linspace(0, 2 * np.pi, 68, endpoint=False)
+    k[0, 0, 23:91, 0] = 256 + dx + 22 * np.cos(t)
+    k[0, 0, 23:91, 1] = 100 + 28 * np.sin(t)
+    k[0, 0, 23:91, 2] = 0.7
+    for sl, (wx, wy), sgn in ((LHAND, body[9], -1), (RHAND, body[10], 1)):
+        pts = [(wx, wy)]
+        for finger in range(5):
+            for j in range(1, 5):
+                pts.append((wx + sgn * (finger * 5 - 10), wy + 8 * j))
+        k[0, 0, sl, :2] = np.array(pts) + (dx, 0)
+        k[0, 0, sl, 2] = 0.6
+    return PoseSequence(k, w, h, fps=12.0)
+
+
+
 def write_inputs(input_dir: str, frames: int = 12) -> None:
     import cv2
     import skimage.data
@@ -46,6 +81,16 @@ def write_inputs(input_dir: str, frames: int = 12) -> None:
     Image.fromarray(photo).save(os.path.join(input_dir, "performer_reference.png"))
     imgs = [Image.fromarray(stick_figure(i / frames)) for i in range(frames)]
     imgs[0].save(os.path.join(input_dir, "performer_skeleton.gif"), save_all=True, append_images=imgs[1:], duration=125, loop=0)
+    try:
+        from performer_pkg.models.pose import PoseSequence, save_json
+    except ImportError:
+        return
+    drive = PoseSequence(np.concatenate([hand_made_pose(dx=6 * f, wave=0.25 * f).keypoints for f in range(frames)]), 512, 512, 8.0)
+    save_json(drive, os.path.join(input_dir, "performer_driving_pose.json"))
+    ref = hand_made_pose().keypoints.copy()
+    ref[..., :2] = (ref[..., :2] - 256) * 0.7 + (300, 280)  # another person: smaller, off-centre
+    ref[0, 0, 13:17, 1] += 25  # longer legs
+    save_json(PoseSequence(ref, 640, 512, 8.0), os.path.join(input_dir, "performer_reference_pose.json"))
 
 
 if __name__ == "__main__":  # python tests/example_inputs.py /path/to/ComfyUI/input

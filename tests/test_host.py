@@ -32,14 +32,17 @@ def test_object_info_lists_nodes_with_tooltips(host):
     nodes = pack_nodes(info)
     assert {"PerformerLoadBackbone", "PerformerAddMotionModule", "PerformerAddControlNet", "PerformerSampleVideo",
             "PerformerAddPoseController", "PerformerAddIdentityAdapter", "PerformerEncodeReference", "PerformerSamplerOptions",
-            "PerformerAnimate", "PerformerDecode"} <= set(nodes)
+            "PerformerAnimate", "PerformerDecode", "PerformerPoseFromKeypoints", "PerformerPoseToKeypoints",
+            "PerformerLoadPose", "PerformerSavePose", "PerformerCleanPose", "PerformerRetargetPose",
+            "PerformerDrawPose"} <= set(nodes)
     for name, n in nodes.items():
         assert name.startswith("Performer") and n["category"].startswith("Performer/"), name
         assert n["description"], name
         for section in ("required", "optional"):
             for inp, spec in n["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{name}.{inp} has no tooltip"
-        assert n["output_tooltips"] and all(n["output_tooltips"]), f"{name} outputs need tooltips"
+        assert (n["output_node"] and not n["output"]) or (n["output_tooltips"] and all(n["output_tooltips"])), \
+            f"{name} outputs need tooltips"
     choices = info["PerformerLoadBackbone"]["input"]["required"]["model"][1]["options"]
     assert "tiny_sd15.safetensors" in choices and "tiny_svd" in choices  # single file + diffusers folder
 
@@ -180,3 +183,15 @@ def test_sampler_options_chain_without_mutating_their_input(host):
     a = [host.view(e) for e in outs["15"]["images"]]
     b = [host.view(e) for e in outs["16"]["images"]]
     assert len(a) == len(b) == 12 and a != b  # reference_strength 0 in the chained branch only
+
+
+def test_pose_workflow_bad_inputs(host):
+    from performer_pkg.models.pose import empty, save_json
+
+    save_json(empty(1, 512, 512), os.path.join(host.workdir, "input", "performer_empty_pose.json"))
+    api = load_api("performer_pose_retarget")
+    api["2"]["inputs"]["file"] = "performer_empty_pose.json"
+    assert "No person found in the reference pose" in _error_of(host, api)
+    api = load_api("performer_pose_retarget")
+    api["1"]["inputs"]["file"] = "performer_empty_pose.json"
+    assert "No driving frame shows the person" in _error_of(host, api)

@@ -8,35 +8,7 @@ import pytest
 
 from performer_pkg.models import pose as P
 from performer_pkg.models.errors import BadInputError
-
-
-def hand_made_pose(w=512, h=512, dx=0.0, wave=0.0):
-    """A standing person: every body, foot, face and hand point placed by hand (pixels)."""
-    k = np.zeros((1, 1, 133, 3), np.float32)
-    body = {0: (256, 96), 1: (246, 86), 2: (266, 86), 3: (234, 92), 4: (278, 92), 5: (216, 150), 6: (296, 150),
-            7: (196, 220), 8: (316, 220), 9: (186, 290), 10: (326, 290), 11: (230, 300), 12: (282, 300),
-            13: (226, 390), 14: (286, 390), 15: (224, 470), 16: (288, 470)}
-    for i, (x, y) in body.items():
-        k[0, 0, i] = (x + dx, y, 0.9)
-    if wave:  # raise the right forearm: rotate the wrist about the elbow (limb length unchanged)
-        ex, ey = body[8]
-        vx, vy = body[10][0] - ex, body[10][1] - ey
-        c, s_ = math.cos(-wave), math.sin(-wave)
-        k[0, 0, 10, :2] = (ex + dx + c * vx - s_ * vy, ey + s_ * vx + c * vy)
-    feet = [(214, 486), (232, 488), (226, 474), (298, 486), (280, 488), (286, 474)]
-    k[0, 0, 17:23] = [(x + dx, y, 0.8) for x, y in feet]
-    t = np.linspace(0, 2 * np.pi, 68, endpoint=False)
-    k[0, 0, 23:91, 0] = 256 + dx + 22 * np.cos(t)
-    k[0, 0, 23:91, 1] = 100 + 28 * np.sin(t)
-    k[0, 0, 23:91, 2] = 0.7
-    for sl, (wx, wy), sgn in ((P.LHAND, body[9], -1), (P.RHAND, body[10], 1)):
-        pts = [(wx, wy)]
-        for finger in range(5):
-            for j in range(1, 5):
-                pts.append((wx + sgn * (finger * 5 - 10), wy + 8 * j))
-        k[0, 0, sl, :2] = np.array(pts) + (dx, 0)
-        k[0, 0, sl, 2] = 0.6
-    return P.PoseSequence(k, w, h, fps=12.0)
+from example_inputs import hand_made_pose
 
 
 def test_openpose_json_and_file_round_trips_are_lossless(tmp_path):

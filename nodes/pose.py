@@ -1,0 +1,181 @@
+"""Pose nodes: PERFORMER_POSE in and out (OpenPose JSON / POSE_KEYPOINT / files), clean-up, retargeting, skeleton maps."""
+from __future__ import annotations
+
+import os
+
+import torch
+from comfy_api.latest import io
+
+from ._common import CATEGORY, POSE, POSE_KEYPOINT, Progress
+
+CAT = f"{CATEGORY}/pose"
+
+
+class PerformerPoseFromKeypoints(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerPoseFromKeypoints", display_name="Pose from POSE_KEYPOINT 🎭", category=CAT,
+            description="Converts OpenPose JSON (POSE_KEYPOINT from comfyui_controlnet_aux's DWPose/OpenPose nodes) to the "
+                        "pack's pose sequence. Pixel or normalised coordinates are both accepted.",
+            inputs=[POSE_KEYPOINT.Input("keypoints", tooltip="POSE_KEYPOINT: a list of frames in OpenPose JSON."),
+                    io.Float.Input("fps", default=8.0, min=0.1, max=240.0, step=0.1, tooltip="Frame rate of the pose sequence.")],
+            outputs=[POSE.Output(display_name="pose", tooltip="PERFORMER_POSE (COCO-WholeBody-133 per frame and person).")],
+        )
+
+    @classmethod
+    def execute(cls, keypoints, fps) -> io.NodeOutput:
+        from ..models.pose import from_openpose
+
+        return io.NodeOutput(from_openpose(keypoints, fps=fps))
+
+
+class PerformerPoseToKeypoints(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerPoseToKeypoints", display_name="Pose to POSE_KEYPOINT 🎭", category=CAT,
+            description="Converts the pack's pose sequence to OpenPose JSON (POSE_KEYPOINT) for other packs' pose nodes.",
+            inputs=[POSE.Input("pose", tooltip="PERFORMER_POSE."),
+                    io.Boolean.Input("normalised", default=False, tooltip="Write 0..1 coordinates instead of pixels.")],
+            outputs=[POSE_KEYPOINT.Output(display_name="keypoints", tooltip="POSE_KEYPOINT (OpenPose JSON frames).")],
+        )
+
+    @classmethod
+    def execute(cls, pose, normalised) -> io.NodeOutput:
+        from ..models.pose import to_openpose
+
+        return io.NodeOutput(to_openpose(pose, normalised=normalised))
+
+
+class PerformerLoadPose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        import folder_paths
+
+        files = sorted(f for f in os.listdir(folder_paths.get_input_directory()) if f.endswith(".json")) \
+            if os.path.isdir(folder_paths.get_input_directory()) else []
+        return io.Schema(
+            node_id="PerformerLoadPose", display_name="Load Pose (JSON) 🎭", category=CAT,
+            description="Loads a pose sequence saved as OpenPose JSON (by Save Pose or any OpenPose-JSON tool) from ComfyUI's input folder.",
+            inputs=[io.Combo.Input("file", options=files or [""], tooltip="A .json file in ComfyUI's input folder.")],
+            outputs=[POSE.Output(display_name="pose", tooltip="PERFORMER_POSE.")],
+        )
+
+    @classmethod
+    def execute(cls, file) -> io.NodeOutput:
+        import folder_paths
+
+        from ..models.errors import BadInputError
+        from ..models.pose import load_json
+
+        path = folder_paths.get_annotated_filepath(file)
+        if not file or not os.path.isfile(path):
+            raise BadInputError(f"Pose file {file!r} not found in ComfyUI's input folder ({folder_paths.get_input_directory()}).")
+        return io.NodeOutput(load_json(path))
+
+    @classmethod
+    def fingerprint_inputs(cls, file):
+        import folder_paths
+
+        path = folder_paths.get_annotated_filepath(file)
+        return os.path.getmtime(path) if os.path.isfile(path) else file
+
+
+class PerformerSavePose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerSavePose", display_name="Save Pose (JSON) 🎭", category=CAT, is_output_node=True,
+            description="Saves a pose sequence as OpenPose JSON in ComfyUI's output folder (written atomically).",
+            inputs=[POSE.Input("pose", tooltip="PERFORMER_POSE."),
+                    io.String.Input("filename_prefix", default="performer/pose", tooltip="Output path prefix.")],
+            outputs=[],
+        )
+
+    @classmethod
+    def execute(cls, pose, filename_prefix) -> io.NodeOutput:
+        import folder_paths
+
+        from ..models.pose import save_json
+
+        full, name, counter, sub, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
+        fname = f"{name}_{counter:05}_.json"
+        save_json(pose, os.path.join(full, fname))
+        return io.NodeOutput(ui={"text": [os.path.join(sub, fname)]})
+
+
+class PerformerCleanPose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerCleanPose", display_name="Clean Pose (gaps, jitter) 🎭", category=CAT,
+            description="Fills short gaps where a person is briefly not detected (linear interpolation) and smooths "
+                        "jitter with a one-euro filter. Each step is optional.",
+            inputs=[POSE.Input("pose", tooltip="PERFORMER_POSE."),
+                    io.Int.Input("max_gap", default=4, min=0, max=120, tooltip="Longest gap (frames) to fill; 0 = no filling."),
+                    io.Boolean.Input("smooth", default=True, tooltip="Apply the one-euro filter."),
+                    io.Float.Input("min_cutoff", default=1.0, min=0.01, max=30.0, step=0.01, tooltip="One-euro: cutoff (Hz) at rest; lower = smoother."),
+                    io.Float.Input("beta", default=0.05, min=0.0, max=10.0, step=0.01, tooltip="One-euro: speed coefficient; higher = less lag in fast motion.")],
+            outputs=[POSE.Output(display_name="pose", tooltip="The cleaned pose sequence (a new one).")],
+        )
+
+    @classmethod
+    def execute(cls, pose, max_gap, smooth, min_cutoff, beta) -> io.NodeOutput:
+        from ..models.pose import fill_gaps, one_euro
+
+        out = fill_gaps(pose, max_gap) if max_gap else pose.copy()
+        return io.NodeOutput(one_euro(out, min_cutoff, beta) if smooth else out)
+
+
+class PerformerRetargetPose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerRetargetPose", display_name="Retarget Pose to Reference 🎭", category=CAT,
+            description="Re-proportions the driving skeleton to the person in the reference: every limb keeps the "
+                        "driving direction and takes the reference's length (outward from the hips); face and hands "
+                        "follow. Works with references of other sizes and framings; stays inside the canvas.",
+            inputs=[POSE.Input("driving", tooltip="Driving pose sequence."),
+                    POSE.Input("reference", tooltip="Pose of the reference image (its first frame is used)."),
+                    io.Combo.Input("size", options=["reference", "driving"], default="reference",
+                                   tooltip="reference: the person is as large as in the reference image; driving: keep the driving person's size."),
+                    io.Boolean.Input("keep_translation", default=True, tooltip="Follow the driving video's global motion (else the hips stay put)."),
+                    io.Int.Input("person", default=0, min=0, max=63, tooltip="Which person of the driving video to retarget.")],
+            outputs=[POSE.Output(display_name="pose", tooltip="The retargeted pose sequence.")],
+        )
+
+    @classmethod
+    def execute(cls, driving, reference, size, keep_translation, person) -> io.NodeOutput:
+        from ..models.retarget import retarget
+
+        return io.NodeOutput(retarget(driving, reference, size=size, keep_translation=keep_translation, person=person))
+
+
+class PerformerDrawPose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerDrawPose", display_name="Draw Skeleton Maps 🎭", category=CAT,
+            description="Renders poses as skeleton maps in the OpenPose/ControlNet colour convention (identical to "
+                        "controlnet_aux's DWPose drawing), at any resolution.",
+            inputs=[POSE.Input("pose", tooltip="PERFORMER_POSE."),
+                    io.Int.Input("width", default=0, min=0, max=8192, tooltip="Output width; 0 = the pose canvas width."),
+                    io.Int.Input("height", default=0, min=0, max=8192, tooltip="Output height; 0 = the pose canvas height."),
+                    io.Boolean.Input("body", default=True, tooltip="Draw the body."),
+                    io.Boolean.Input("hands", default=True, tooltip="Draw the hands."),
+                    io.Boolean.Input("face", default=True, tooltip="Draw the face landmarks."),
+                    io.Int.Input("stick_width", default=4, min=1, max=32, tooltip="Limb thickness (4 = the convention).")],
+            outputs=[io.Image.Output(display_name="images", tooltip="Skeleton maps, one per frame.")],
+        )
+
+    @classmethod
+    def execute(cls, pose, width, height, body, hands, face, stick_width) -> io.NodeOutput:
+        from ..models.pose import draw
+
+        maps = draw(pose, width or None, height or None, callback=Progress(pose.frames), body=body, hands=hands, face=face, stick_width=stick_width)
+        return io.NodeOutput(torch.from_numpy(maps).float() / 255.0)
+
+
+NODES = [PerformerPoseFromKeypoints, PerformerPoseToKeypoints, PerformerLoadPose, PerformerSavePose, PerformerCleanPose,
+         PerformerRetargetPose, PerformerDrawPose]
