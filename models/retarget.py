@@ -4,7 +4,7 @@ The body is a tree rooted at the hip midpoint.  For every limb (parent → child
 vector keeps its direction in every frame and is scaled by ``reference length / typical driving length``
 (the driving length's median over the video), so joint angles and 2D foreshortening are kept while the
 limb lengths become the reference person's.  Children are re-placed from their new parents, outward from
-the hips.  Face points follow the nose (scaled by the head-size ratio), hands follow the wrists (scaled by
+the hips (or the shoulders, for half-body references).  Face points follow the nose (scaled by the head-size ratio), hands follow the wrists (scaled by
 the forearm ratio), feet follow the ankles (shin ratio).
 
 Framing: the reference may come from a photo of another size or framing; its points are first brought to
@@ -57,21 +57,32 @@ def retarget(driving: PoseSequence, reference: PoseSequence, ref_frame: int = 0,
         raise BadInputError("No person found in the reference pose (fewer than 4 visible body points).")
     rk[:, :2] *= driving.height / reference.height  # bring the reference to the driving canvas
     R = _joints(rk, threshold)
-    if R[ROOT] is None or R[NECK] is None:
-        raise BadInputError("The reference pose needs both hips and both shoulders visible to anchor the retargeting.")
     dk = driving.keypoints[:, person].astype(np.float64)
     frames = [_joints(dk[f], threshold) for f in range(driving.frames)]
-    present = [f for f, j in enumerate(frames) if j[ROOT] is not None and j[NECK] is not None]
-    if not present:
-        raise BadInputError("No driving frame shows the person's hips and shoulders; nothing to retarget.")
+    # anchor: the hips when both videos show them, else the shoulders (half-body references are common)
+    anchor = None
+    for cand in (ROOT, NECK):
+        if R[cand] is not None and any(j[cand] is not None for j in frames):
+            anchor = cand
+            break
+    if anchor is None:
+        raise BadInputError("The reference pose needs both shoulders or both hips visible (and the driving poses the same) "
+                            "to anchor the retargeting.")
+    present = [f for f, j in enumerate(frames) if j[anchor] is not None]
 
     def median_len(a, b):
         ls = [_length(j, a, b) for j in frames]
         ls = [x for x in ls if x]
         return float(np.median(ls)) if ls else None
 
-    d_torso, r_torso = median_len(ROOT, NECK), _length(R, ROOT, NECK)
-    glob = r_torso / d_torso  # reference-size / driving-size
+    glob = None  # reference size / driving size: torso, else shoulder width, else head
+    for a, b in ((ROOT, NECK), (5, 6), (3, 4), (1, 2)):
+        dl, rl = median_len(a, b), _length(R, a, b)
+        if dl and rl:
+            glob = rl / dl
+            break
+    if glob is None:
+        raise BadInputError("The reference and driving poses share no torso, shoulder or head measurement to compare sizes.")
     out_scale = 1.0 if size == "reference" else 1.0 / glob
     ratio = {}
     for a, b in LIMBS:
@@ -82,18 +93,24 @@ def retarget(driving: PoseSequence, reference: PoseSequence, ref_frame: int = 0,
     shin = {15: ratio[(13, 15)], 16: ratio[(14, 16)]}
 
     out = np.zeros_like(driving.keypoints)
-    root0 = frames[present[0]][ROOT]
+    a0 = frames[present[0]][anchor]
     for f, J in enumerate(frames):
-        if J[ROOT] is None:
+        if J[anchor] is None:
             continue
         N: Dict[int, Optional[np.ndarray]] = {k: None for k in J}
-        if keep_translation:
-            N[ROOT] = R[ROOT] + (J[ROOT] - root0) * glob * out_scale
-        else:
-            N[ROOT] = R[ROOT].copy()
-        for a, b in LIMBS:
-            if N[a] is not None and J[a] is not None and J[b] is not None:
-                N[b] = N[a] + (J[b] - J[a]) * ratio[(a, b)]
+        N[anchor] = R[anchor] + ((J[anchor] - a0) * glob * out_scale if keep_translation else 0.0)
+        changed = True
+        while changed:  # place limbs outward from the anchor, in either direction along the tree
+            changed = False
+            for a, b in LIMBS:
+                if J[a] is None or J[b] is None:
+                    continue
+                if N[a] is not None and N[b] is None:
+                    N[b] = N[a] + (J[b] - J[a]) * ratio[(a, b)]
+                    changed = True
+                elif N[b] is not None and N[a] is None:
+                    N[a] = N[b] - (J[b] - J[a]) * ratio[(a, b)]
+                    changed = True
         src = driving.keypoints[f, person]
         for i in range(17):
             if N[i] is not None:

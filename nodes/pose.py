@@ -177,5 +177,66 @@ class PerformerDrawPose(io.ComfyNode):
         return io.NodeOutput(torch.from_numpy(maps).float() / 255.0)
 
 
-NODES = [PerformerPoseFromKeypoints, PerformerPoseToKeypoints, PerformerLoadPose, PerformerSavePose, PerformerCleanPose,
+def _frames(images):
+    return (images[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+class PerformerExtractPoseMediaPipe(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerExtractPoseMediaPipe", display_name="Extract Pose (MediaPipe, offline) 🎭", category=CAT,
+            description="Whole-body poses with MediaPipe Holistic, whose models ship inside the mediapipe 0.10.21 wheel: "
+                        "nothing to download. One person per frame; body, feet (no small toes), 68 face points and hands "
+                        "in the COCO-WholeBody layout. Results are cached by frame content.",
+            inputs=[io.Image.Input("images", tooltip="Frames (a video as an IMAGE batch, or one photo)."),
+                    io.Float.Input("fps", default=8.0, min=0.1, max=240.0, step=0.1, tooltip="Frame rate of the frames."),
+                    io.Boolean.Input("video", default=True, tooltip="Track across frames (smoother); off = every frame on its own."),
+                    io.Boolean.Input("face", default=True, tooltip="Extract the 68 face landmarks."),
+                    io.Boolean.Input("hands", default=True, tooltip="Extract both hands."),
+                    io.Float.Input("min_confidence", default=0.5, min=0.05, max=0.95, step=0.05, tooltip="Detection/tracking confidence.")],
+            outputs=[POSE.Output(display_name="pose", tooltip="PERFORMER_POSE; frames without a person have absent points.")],
+        )
+
+    @classmethod
+    def execute(cls, images, fps, video, face, hands, min_confidence) -> io.NodeOutput:
+        from ..models.pose_extract import CACHE, MediaPipeExtractor, require_person
+
+        ex = MediaPipeExtractor(face=face, hands=hands, min_confidence=min_confidence, video=video)
+        pose = CACHE.extract(ex, _frames(images), fps, callback=Progress(images.shape[0]))
+        return io.NodeOutput(require_person(pose, "images"))
+
+
+class PerformerExtractPoseDWPose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ._common import weight_choices
+
+        onnx = [f for f in weight_choices("performer_pose", with_dirs=False) if f.endswith(".onnx")]
+        return io.Schema(
+            node_id="PerformerExtractPoseDWPose", display_name="Extract Pose (DWPose ONNX) 🎭", category=CAT,
+            description="Whole-body poses with DWPose's ONNX files (YOLOX detector + RTMPose whole-body) via onnxruntime "
+                        "(CUDA when available). No mmcv/mmpose. Several people per frame. Cached by frame content.",
+            inputs=[io.Image.Input("images", tooltip="Frames (a video as an IMAGE batch, or one photo)."),
+                    io.Combo.Input("detector", options=onnx or ["yolox_l.onnx"], default="yolox_l.onnx" if "yolox_l.onnx" in onnx else None,
+                                   tooltip="Person detector in models/performer/pose (yolox_l.onnx)."),
+                    io.Combo.Input("estimator", options=onnx or ["dw-ll_ucoco_384.onnx"],
+                                   default="dw-ll_ucoco_384.onnx" if "dw-ll_ucoco_384.onnx" in onnx else None,
+                                   tooltip="Whole-body estimator in models/performer/pose (dw-ll_ucoco_384.onnx)."),
+                    io.Float.Input("fps", default=8.0, min=0.1, max=240.0, step=0.1, tooltip="Frame rate of the frames."),
+                    io.Int.Input("max_people", default=4, min=1, max=64, tooltip="Most people kept per frame (highest scores first).")],
+            outputs=[POSE.Output(display_name="pose", tooltip="PERFORMER_POSE; frames without a person have absent points.")],
+        )
+
+    @classmethod
+    def execute(cls, images, detector, estimator, fps, max_people) -> io.NodeOutput:
+        from ..models.pose_extract import CACHE, DWPoseExtractor, require_person
+        from ._common import resolve
+
+        ex = DWPoseExtractor(resolve(detector, ("performer_pose",)), resolve(estimator, ("performer_pose",)), max_people=max_people)
+        pose = CACHE.extract(ex, _frames(images), fps, callback=Progress(images.shape[0]))
+        return io.NodeOutput(require_person(pose, "images"))
+
+
+NODES = [PerformerExtractPoseMediaPipe, PerformerExtractPoseDWPose, PerformerPoseFromKeypoints, PerformerPoseToKeypoints, PerformerLoadPose, PerformerSavePose, PerformerCleanPose,
          PerformerRetargetPose, PerformerDrawPose]

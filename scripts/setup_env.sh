@@ -42,6 +42,10 @@ site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 cp scripts/performer_tv_cpu_hook.py "$site/"
 echo "import performer_tv_cpu_hook" > "$site/zz_performer_tv_cpu_hook.pth"
 "${PIP[@]}" install "${C[@]}" -r requirements.txt -r scripts/requirements-test.txt
+# MediaPipe 0.10.21 carries the offline pose/face/hand models; its metadata pins numpy<2 (it runs fine on numpy 2),
+# so it goes in without its dependencies, plus the few it needs at runtime.
+"${PIP[@]}" install "${C[@]}" --no-deps mediapipe==0.10.21
+"${PIP[@]}" install "${C[@]}" "protobuf>=4.25.3,<5" absl-py flatbuffers attrs
 "$VENV/bin/python" -c "import torch, torchvision, diffusers, transformers; assert torch.version.cuda is None; print('[setup] torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
 echo "$stamp" > "$VENV/.performer-stamp"
 echo "[setup] done"

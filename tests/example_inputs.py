@@ -1,6 +1,7 @@
 """Input files the bundled workflows name (written into ComfyUI's input folder by the tests and the demo).
 
-* ``performer_reference.png``: a real photo (``skimage.data.astronaut()``, NASA, public domain), 128×128.
+* ``performer_reference.png``: a real photo (``skimage.data.astronaut()``, NASA, public domain), 256×256.
+* ``performer_driving.webp``: 8 frames of that photo mirrored, drifting and turning (a stand-in driving video).
 * ``performer_skeleton.gif``: 12 frames of an OpenPose-coloured stick figure waving an arm (drawn here
   with OpenCV; the pose layer's renderer will replace it).
 * ``performer_driving_pose.json`` / ``performer_reference_pose.json``: OpenPose-JSON pose sequences of the
@@ -77,8 +78,19 @@ def write_inputs(input_dir: str, frames: int = 12) -> None:
     from PIL import Image
 
     os.makedirs(input_dir, exist_ok=True)
-    photo = cv2.resize(skimage.data.astronaut(), (128, 128), interpolation=cv2.INTER_AREA)
+    full = skimage.data.astronaut()
+    photo = cv2.resize(full, (256, 256), interpolation=cv2.INTER_AREA)
     Image.fromarray(photo).save(os.path.join(input_dir, "performer_reference.png"))
+    # "driving video": the mirrored photo drifting and turning a little, as an animated lossless WebP
+    moving = []
+    for i in range(8):
+        a = 4.0 * math.sin(i / 8 * 2 * math.pi)
+        M = cv2.getRotationMatrix2D((256, 256), a, 0.9)
+        M[0, 2] += 6 * i - 20
+        moving.append(Image.fromarray(cv2.resize(cv2.warpAffine(full[:, ::-1].copy(), M, (512, 512), borderMode=cv2.BORDER_REFLECT),
+                                                 (256, 256), interpolation=cv2.INTER_AREA)))
+    moving[0].save(os.path.join(input_dir, "performer_driving.webp"), save_all=True, append_images=moving[1:], duration=125,
+                   loop=0, lossless=True)
     imgs = [Image.fromarray(stick_figure(i / frames)) for i in range(frames)]
     imgs[0].save(os.path.join(input_dir, "performer_skeleton.gif"), save_all=True, append_images=imgs[1:], duration=125, loop=0)
     try:

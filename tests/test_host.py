@@ -194,4 +194,7 @@ def test_pose_workflow_bad_inputs(host):
     assert "No person found in the reference pose" in _error_of(host, api)
     api = load_api("performer_pose_retarget")
     api["1"]["inputs"]["file"] = "performer_empty_pose.json"
-    assert "No driving frame shows the person" in _error_of(host, api)
+    assert "needs both shoulders or both hips" in _error_of(host, api)
+    api = load_api("performer_pose_extract_retarget")
+    api["2"]["inputs"]["image"] = "performer_skeleton.gif"  # a stick figure is not a person
+    assert "No person found in any frame of images" in _error_of(host, api)

@@ -151,8 +151,16 @@ def test_retarget_fits_inside_canvas_and_rejects_missing_people():
     empty_ref = P.empty(1, 512, 512)
     with pytest.raises(BadInputError, match="No person found in the reference"):
         retarget(drive, empty_ref)
-    with pytest.raises(BadInputError, match="No driving frame"):
+    with pytest.raises(BadInputError, match="needs both shoulders or both hips"):
         retarget(P.empty(3, 512, 512), hand_made_pose())
+    # a half-body reference (no hips, like a portrait photo) anchors at the shoulders
+    half = hand_made_pose().keypoints.copy()
+    half[0, 0, 11:23, 2] = 0
+    out = retarget(drive, P.PoseSequence(half, 512, 512))
+    ref_arm = np.linalg.norm(half[0, 0, 7, :2] - half[0, 0, 5, :2])
+    got_arm = np.linalg.norm(out.keypoints[:, 0, 7, :2] - out.keypoints[:, 0, 5, :2], axis=-1)
+    np.testing.assert_allclose(got_arm, ref_arm, rtol=0.02)
+    assert (out.keypoints[:, 0, 13, 2] > 0).all()  # legs still come from the driving video
 
 
 def test_gap_filling_and_one_euro_smoothing():

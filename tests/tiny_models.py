@@ -18,6 +18,7 @@ import shutil
 import sys
 from typing import Dict
 
+import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -250,6 +251,7 @@ def build_models_tree(root: str) -> Dict[str, str]:
     backbones.load_motion_adapter(P["mm_file"], device="cpu").save_pretrained(P["mm_dir"])
     backbones.load_controlnet(P["cn_file"], device="cpu").save_pretrained(P["cn_dir"])
     paths.update(build_addons(root, sd15, svd))
+    paths.update(dwpose_onnx_pair(root))
     return paths
 
 
@@ -334,3 +336,61 @@ if __name__ == "__main__":  # python tests/tiny_models.py <root>
 
     pack_alias.register_package()
     print(json.dumps(build_models_tree(sys.argv[1]), indent=1))
+
+
+# ----------------------------------------------------------------------------- DWPose ONNX pair
+
+
+DW_BOX = (64.0, 32.0, 192.0, 240.0)  # the person box the tiny detector reports on a 256×256 frame
+DW_UV = None  # per-keypoint (u, v) position inside the pose crop, set by dwpose_onnx_pair
+
+
+def _const_graph(name, inputs, outputs, consts):
+    """out_i = const_i + 0·mean(input): real I/O names and shapes, deterministic outputs, input-dependent graph."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = [], []
+    inp = inputs[0][0]
+    nodes.append(helper.make_node("ReduceMean", [inp], ["m"], axes=[1, 2, 3], keepdims=1))
+    nodes.append(helper.make_node("Reshape", ["m", "shape3"], ["m3"]))
+    nodes.append(helper.make_node("Mul", ["m3", "zero"], ["m0"]))
+    inits.append(numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape3"))
+    inits.append(numpy_helper.from_array(np.zeros((1,), np.float32), "zero"))
+    for (oname, _), c in zip(outputs, consts):
+        inits.append(numpy_helper.from_array(c.astype(np.float32), oname + "_c"))
+        nodes.append(helper.make_node("Add", [oname + "_c", "m0"], [oname]))
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def dwpose_onnx_pair(root: str, frame_size: int = 256):
+    """``yolox_l.onnx`` ((1,3,640,640) -> (1,8400,85)) reporting one person at DW_BOX, and ``dw-ll_ucoco_384.onnx``
+    ((N,3,384,288) -> simcc_x (N,133,576), simcc_y (N,133,768)) putting keypoint j at a known spot of the crop."""
+    global DW_UV
+    ratio = 640 / frame_size
+    x0, y0, x1, y1 = (v * ratio for v in DW_BOX)
+    cx, cy, w, h = (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0
+    det = np.zeros((1, 8400, 85), np.float32)
+    gx, gy = int(cx // 32), int(cy // 32)
+    i = 80 * 80 + 40 * 40 + gy * 20 + gx
+    det[0, i, :4] = (cx / 32 - gx, cy / 32 - gy, np.log(w / 32), np.log(h / 32))
+    det[0, i, 4], det[0, i, 5] = 0.9, 0.95
+    rng = np.random.default_rng(21)
+    ux, vy = rng.integers(20, 560, 133), rng.integers(20, 750, 133)
+    DW_UV = np.stack([ux / 2 / 288, vy / 2 / 384], 1)
+    sx = np.full((1, 133, 576), 0.01, np.float32)
+    sy = np.full((1, 133, 768), 0.01, np.float32)
+    sx[0, np.arange(133), ux] = 0.8
+    sy[0, np.arange(133), vy] = 0.7
+    d = os.path.join(root, "performer", "pose")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "yolox_l.onnx"), "wb") as fh:
+        fh.write(_const_graph("tiny_yolox", [("input", [1, 3, 640, 640])], [("output", [1, 8400, 85])], [det]))
+    with open(os.path.join(d, "dw-ll_ucoco_384.onnx"), "wb") as fh:
+        fh.write(_const_graph("tiny_rtmpose", [("input", ["batch", 3, 384, 288])],
+                              [("simcc_x", ["batch", 133, 576]), ("simcc_y", ["batch", 133, 768])], [sx, sy]))
+    return {"dw_det": "performer/pose/yolox_l.onnx", "dw_pose": "performer/pose/dw-ll_ucoco_384.onnx"}

@@ -1,0 +1,69 @@
+"""Pose extractors on real inputs: MediaPipe on a real photo, DWPose end to end through ONNX files with the
+real I/O signature, the content-keyed cache, and bad inputs."""
+import numpy as np
+import pytest
+
+import tiny_models as tm
+from performer_pkg.models.errors import BadInputError, MissingModelError
+from performer_pkg.models.pose_extract import DWPoseExtractor, MediaPipeExtractor, PoseCache, require_person
+
+
+def test_mediapipe_finds_the_astronaut():
+    import skimage.data
+
+    photo = skimage.data.astronaut()  # 512×512: face at about x 170–280, y 60–170; shoulders near y 240–260
+    pose = require_person(MediaPipeExtractor(video=False)(photo[None]), "astronaut")
+    k = pose.keypoints[0, 0]
+    nose, lsh, rsh, lwr, rwr = k[0], k[5], k[6], k[9], k[10]
+    assert nose[2] > 0.5 and 180 <= nose[0] <= 270 and 70 <= nose[1] <= 170, nose  # head inside the face box (±40 px)
+    assert lsh[2] > 0.5 and rsh[2] > 0.5
+    assert lsh[0] > nose[0] + 40 and rsh[0] < nose[0] - 40  # subject's left shoulder on image right
+    for sh in (lsh, rsh):
+        assert nose[1] + 60 <= sh[1] <= 330, sh  # shoulders below the head
+    for wr, sh in ((lwr, lsh), (rwr, rsh)):  # hands hang low, at the bottom of the frame
+        assert wr[1] > sh[1] + 120 and 60 <= wr[0] <= 420, wr
+    face = k[23:91]
+    assert (face[:, 2] > 0).sum() == 68  # the face mesh maps onto the 68 landmarks
+    fx, fy = face[:, 0], face[:, 1]
+    assert 150 <= fx.min() and fx.max() <= 300 and 40 <= fy.min() and fy.max() <= 200
+
+
+def test_dwpose_onnx_pair_end_to_end(models_tree):
+    P = models_tree[1]
+    ex = DWPoseExtractor(P["dw_det"], P["dw_pose"])
+    frames = np.random.default_rng(0).integers(0, 255, (3, 256, 256, 3)).astype(np.uint8)
+    pose = ex(frames, fps=12)
+    assert pose.keypoints.shape == (3, 1, 133, 3) and pose.fps == 12
+    # independent re-computation of DWPose's box -> crop -> SimCC decode
+    x0, y0, x1, y1 = tm.DW_BOX
+    c = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+    s = np.array([x1 - x0, y1 - y0]) * 1.25
+    s = np.array([s[0], s[0] / (288 / 384)]) if s[0] > s[1] * 288 / 384 else np.array([s[1] * 288 / 384, s[1]])
+    want = c - s / 2 + tm.DW_UV * s
+    np.testing.assert_allclose(pose.keypoints[0, 0, :, :2], want, atol=0.05)
+    np.testing.assert_allclose(pose.keypoints[:, 0, :, 2], 0.7, atol=1e-6)
+    with pytest.raises(MissingModelError, match="performer_pose"):
+        DWPoseExtractor(P["dw_det"] + ".missing", P["dw_pose"])
+
+
+def test_cache_is_keyed_by_content(models_tree):
+    P = models_tree[1]
+    ex = DWPoseExtractor(P["dw_det"], P["dw_pose"])
+    cache = PoseCache(size=2)
+    frames = np.zeros((2, 256, 256, 3), np.uint8)
+    a = cache.extract(ex, frames)
+    b = cache.extract(ex, frames.copy())
+    assert cache.hits == 1 and np.array_equal(a.keypoints, b.keypoints)
+    frames[1, 0, 0, 0] = 1
+    cache.extract(ex, frames)
+    assert cache.hits == 1  # one changed pixel is another video
+
+
+def test_bad_extraction_inputs():
+    ex = MediaPipeExtractor(video=False)
+    with pytest.raises(BadInputError, match="non-empty batch"):
+        ex(np.zeros((0, 64, 64, 3), np.uint8))
+    with pytest.raises(BadInputError, match="No person found in any frame of driving video"):
+        require_person(ex(np.zeros((2, 128, 128, 3), np.uint8)), "driving video")
+    with pytest.raises(BadInputError, match="NaN"):
+        ex(np.full((1, 64, 64, 3), np.nan, np.float32))
