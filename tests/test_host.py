@@ -196,5 +196,8 @@ def test_pose_workflow_bad_inputs(host):
     api["1"]["inputs"]["file"] = "performer_empty_pose.json"
     assert "needs both shoulders or both hips" in _error_of(host, api)
     api = load_api("performer_pose_extract_retarget")
-    api["2"]["inputs"]["image"] = "performer_skeleton.gif"  # a stick figure is not a person
+    from PIL import Image
+
+    Image.new("RGB", (128, 128), (20, 20, 20)).save(os.path.join(host.workdir, "input", "performer_empty.png"))
+    api["2"]["inputs"]["image"] = "performer_empty.png"  # a blank frame: nobody there
     assert "No person found in any frame of images" in _error_of(host, api)
