@@ -247,6 +247,81 @@ def require_person(pose: PoseSequence, what: str = "images") -> PoseSequence:
     return pose
 
 
+# ----------------------------------------------------------------------------- OpenPose (controlnet-aux)
+
+
+OPENPOSE_FILES = {"body": "body_pose_model.pth", "hand": "hand_pose_model.pth", "face": "facenet.pth"}
+
+
+def openpose_result_to_133(results, width: int, height: int, max_people: int) -> np.ndarray:
+    """controlnet_aux ``PoseResult`` list (normalised coordinates; absent = None or negative) -> (people, 133, 3)."""
+    from .pose import OP18_FROM_COCO
+
+    k = np.zeros((max(1, min(len(results), max_people)), N_POINTS, 3), np.float32)
+    for p, r in enumerate(results[:max_people]):
+        def put(idx, kp):
+            if kp is not None and kp.x >= 0 and kp.y >= 0:
+                k[p, idx] = (kp.x * width, kp.y * height, float(getattr(kp, "score", 1.0)))
+
+        for i, c in enumerate(OP18_FROM_COCO):
+            if c is not None and i < len(r.body.keypoints):
+                put(c, r.body.keypoints[i])
+        for part, sl in ((r.left_hand, LHAND), (r.right_hand, RHAND)):
+            for j, kp in enumerate((part or [])[:21]):
+                put(sl.start + j, kp)
+        for j, kp in enumerate((r.face or [])[:68]):
+            put(FACE.start + j, kp)
+    return k
+
+
+class OpenPoseExtractor:
+    """CMU OpenPose body (+ hands, face) through controlnet-aux, from annotator weights in a local folder
+    (``body_pose_model.pth``, ``hand_pose_model.pth``, ``facenet.pth`` from lllyasviel/Annotators).  The
+    files are read by ``torch.load`` with weights-only loading forced (no arbitrary pickle code runs)."""
+
+    name = "openpose"
+
+    def __init__(self, folder: str, hands: bool = True, face: bool = True, max_people: int = 4, device: str = "cpu"):
+        need = ["body"] + (["hand"] if hands else []) + (["face"] if face else [])
+        missing = [OPENPOSE_FILES[n] for n in need if not os.path.isfile(os.path.join(folder, OPENPOSE_FILES[n]))]
+        if missing:
+            raise MissingModelError("performer_pose", missing, [folder], "OpenPose annotator weights (lllyasviel/Annotators).")
+        old = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+        os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+        try:
+            from controlnet_aux.open_pose import Body, Face, Hand, OpenposeDetector
+
+            det = OpenposeDetector(Body(os.path.join(folder, OPENPOSE_FILES["body"])),
+                                   Hand(os.path.join(folder, OPENPOSE_FILES["hand"])) if hands else None,
+                                   Face(os.path.join(folder, OPENPOSE_FILES["face"])) if face else None)
+        except Exception as e:  # noqa: BLE001
+            raise BadModelFileError(f"Could not load the OpenPose annotator weights in {folder}: {e}") from e
+        finally:
+            if old is None:
+                os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+            else:
+                os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = old
+        self.det, self.hands, self.face, self.max_people, self.folder = det, hands, face, int(max_people), folder
+
+    def settings(self) -> str:
+        return f"{self.name}:{self.folder}:{self.hands}:{self.face}:{self.max_people}"
+
+    def __call__(self, frames: np.ndarray, fps: float = 8.0, callback: Callback = None) -> PoseSequence:
+        frames = check_frames(frames)
+        F, H, W, _ = frames.shape
+        per = []
+        for f in range(F):
+            res = self.det.detect_poses(frames[f], include_hand=self.hands, include_face=self.face)
+            per.append(openpose_result_to_133(res, W, H, self.max_people))
+            if callback:
+                callback(f + 1, F)
+        people = max(p.shape[0] for p in per)
+        k = np.zeros((F, people, N_POINTS, 3), np.float32)
+        for f, p in enumerate(per):
+            k[f, : p.shape[0]] = p
+        return PoseSequence(k, W, H, fps)
+
+
 # ----------------------------------------------------------------------------- cache
 
 

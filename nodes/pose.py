@@ -238,5 +238,37 @@ class PerformerExtractPoseDWPose(io.ComfyNode):
         return io.NodeOutput(require_person(pose, "images"))
 
 
-NODES = [PerformerExtractPoseMediaPipe, PerformerExtractPoseDWPose, PerformerPoseFromKeypoints, PerformerPoseToKeypoints, PerformerLoadPose, PerformerSavePose, PerformerCleanPose,
+class PerformerExtractPoseOpenPose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerExtractPoseOpenPose", display_name="Extract Pose (OpenPose, controlnet-aux) 🎭", category=CAT,
+            description="CMU OpenPose body/hands/face through controlnet-aux, with the annotator weights body_pose_model.pth, "
+                        "hand_pose_model.pth and facenet.pth (lllyasviel/Annotators) placed in models/performer/pose. "
+                        "Loaded weights-only; nothing is downloaded. Cached by frame content.",
+            inputs=[io.Image.Input("images", tooltip="Frames (a video as an IMAGE batch, or one photo)."),
+                    io.Float.Input("fps", default=8.0, min=0.1, max=240.0, step=0.1, tooltip="Frame rate of the frames."),
+                    io.Boolean.Input("hands", default=True, tooltip="Detect hands (needs hand_pose_model.pth)."),
+                    io.Boolean.Input("face", default=True, tooltip="Detect face landmarks (needs facenet.pth)."),
+                    io.Int.Input("max_people", default=4, min=1, max=64, tooltip="Most people kept per frame.")],
+            outputs=[POSE.Output(display_name="pose", tooltip="PERFORMER_POSE; frames without a person have absent points.")],
+        )
+
+    @classmethod
+    def execute(cls, images, fps, hands, face, max_people) -> io.NodeOutput:
+        import folder_paths
+
+        from ..models.errors import MissingModelError
+        from ..models.pose_extract import CACHE, OPENPOSE_FILES, OpenPoseExtractor, require_person
+
+        dirs = [d for d in folder_paths.get_folder_paths("performer_pose") if os.path.isfile(os.path.join(d, OPENPOSE_FILES["body"]))]
+        if not dirs:
+            raise MissingModelError("performer_pose", list(OPENPOSE_FILES.values()), folder_paths.get_folder_paths("performer_pose"),
+                                    "OpenPose annotator weights (lllyasviel/Annotators).")
+        ex = OpenPoseExtractor(dirs[0], hands=hands, face=face, max_people=max_people)
+        pose = CACHE.extract(ex, _frames(images), fps, callback=Progress(images.shape[0]))
+        return io.NodeOutput(require_person(pose, "images"))
+
+
+NODES = [PerformerExtractPoseMediaPipe, PerformerExtractPoseDWPose, PerformerExtractPoseOpenPose, PerformerPoseFromKeypoints, PerformerPoseToKeypoints, PerformerLoadPose, PerformerSavePose, PerformerCleanPose,
          PerformerRetargetPose, PerformerDrawPose]

@@ -67,3 +67,63 @@ def test_bad_extraction_inputs():
         require_person(ex(np.zeros((2, 128, 128, 3), np.uint8)), "driving video")
     with pytest.raises(BadInputError, match="NaN"):
         ex(np.full((1, 64, 64, 3), np.nan, np.float32))
+
+
+def test_openpose_results_map_onto_the_133_layout():
+    """controlnet_aux's own result types (what its OpenposeDetector.detect_poses returns) map onto our layout."""
+    from controlnet_aux.open_pose import BodyResult, Keypoint, PoseResult
+
+    from performer_pkg.models import pose as P
+    from performer_pkg.models.pose_extract import openpose_result_to_133
+
+    body = [Keypoint(x=0.1 + 0.01 * i, y=0.2 + 0.02 * i) for i in range(18)]
+    body[4] = None  # right wrist not found
+    hand = [Keypoint(x=0.5 + 0.001 * j, y=0.6) for j in range(21)]
+    hand[3] = Keypoint(x=-1.0, y=-1.0)  # absent hand point as controlnet_aux writes it
+    face = [Keypoint(x=0.3, y=0.1 + 0.001 * j) for j in range(70)]
+    k = openpose_result_to_133([PoseResult(BodyResult(body, 10.0, 17), hand, None, face)], 200, 100, 4)
+    assert k.shape == (1, 133, 3)
+    for i, c in enumerate(P.OP18_FROM_COCO):
+        if c is None:
+            continue
+        if i == 4:
+            assert k[0, c, 2] == 0
+        else:
+            np.testing.assert_allclose(k[0, c], (body[i].x * 200, body[i].y * 100, 1.0), rtol=1e-6)
+    assert k[0, P.LHAND.start + 3, 2] == 0 and k[0, P.LHAND.start + 4, 2] == 1
+    assert (k[0, P.RHAND, 2] == 0).all() and (k[0, P.FACE, 2] == 1).all()
+
+
+def test_openpose_missing_weights_name_the_files(tmp_path):
+    from performer_pkg.models.pose_extract import OpenPoseExtractor
+
+    with pytest.raises(MissingModelError, match="body_pose_model.pth"):
+        OpenPoseExtractor(str(tmp_path))
+
+
+def test_openpose_loads_real_architecture_files_safely(tmp_path):
+    """Annotator files with controlnet_aux's real architectures and key names (random weights, ~480 MB) load with
+    weights-only torch.load and run; random weights find nobody.  A .pth that would run code is refused."""
+    import torch
+    from controlnet_aux.open_pose.face import FaceNet
+    from controlnet_aux.open_pose.model import bodypose_model, handpose_model
+
+    from performer_pkg.models.errors import BadModelFileError
+    from performer_pkg.models.pose_extract import OpenPoseExtractor
+
+    torch.manual_seed(0)
+    for cls, name in ((bodypose_model, "body_pose_model.pth"), (handpose_model, "hand_pose_model.pth")):
+        torch.save({".".join(k.split(".")[1:]): v for k, v in cls().state_dict().items()}, tmp_path / name)
+    torch.save(FaceNet().state_dict(), tmp_path / "facenet.pth")
+    pose = OpenPoseExtractor(str(tmp_path))(np.zeros((1, 96, 96, 3), np.uint8))
+    assert pose.keypoints.shape == (1, 1, 133, 3) and (pose.keypoints[..., 2] == 0).all()
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    import os
+
+    torch.save({"x": Evil()}, tmp_path / "body_pose_model.pth")
+    with pytest.raises(BadModelFileError, match="Could not load the OpenPose annotator weights"):
+        OpenPoseExtractor(str(tmp_path), hands=False, face=False)
