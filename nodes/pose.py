@@ -270,5 +270,36 @@ class PerformerExtractPoseOpenPose(io.ComfyNode):
         return io.NodeOutput(require_person(pose, "images"))
 
 
-NODES = [PerformerExtractPoseMediaPipe, PerformerExtractPoseDWPose, PerformerExtractPoseOpenPose, PerformerPoseFromKeypoints, PerformerPoseToKeypoints, PerformerLoadPose, PerformerSavePose, PerformerCleanPose,
+class PerformerDensePose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ._common import weight_choices
+
+        ts = [f for f in weight_choices("performer_pose", with_dirs=False) if f.endswith((".torchscript", ".pt"))]
+        return io.Schema(
+            node_id="PerformerDensePose", display_name="DensePose IUV Maps 🎭", category=CAT,
+            description="DensePose part maps from a TorchScript DensePose model (e.g. densepose_r50_fpn_dl.torchscript) in "
+                        "models/performer/pose, coloured as the ComfyUI DensePose preprocessor does (PARULA parts; viridis "
+                        "background for MagicAnimate), plus the raw IUV map.",
+            inputs=[io.Image.Input("images", tooltip="Frames."),
+                    io.Combo.Input("model", options=ts or ["densepose_r50_fpn_dl.torchscript"], tooltip="TorchScript DensePose model."),
+                    io.Combo.Input("cmap", options=["viridis", "parula"], default="viridis",
+                                   tooltip="viridis: MagicAnimate's dark-purple background; parula: black background.")],
+            outputs=[io.Image.Output(display_name="densepose", tooltip="Coloured DensePose maps, one per frame."),
+                     io.Image.Output(display_name="iuv", tooltip="Raw IUV: R = part/24, G = U, B = V (0 outside people).")],
+        )
+
+    @classmethod
+    def execute(cls, images, model, cmap) -> io.NodeOutput:
+        import comfy.model_management as mm
+
+        from ..models.densepose import DensePoseExtractor
+        from ._common import resolve
+
+        ex = DensePoseExtractor(resolve(model, ("performer_pose",)), device=str(mm.get_torch_device()))
+        colour, iuv = ex(_frames(images), cmap=cmap, callback=Progress(images.shape[0]))
+        return io.NodeOutput(torch.from_numpy(colour).float() / 255.0, torch.from_numpy(iuv))
+
+
+NODES = [PerformerExtractPoseMediaPipe, PerformerDensePose, PerformerExtractPoseDWPose, PerformerExtractPoseOpenPose, PerformerPoseFromKeypoints, PerformerPoseToKeypoints, PerformerLoadPose, PerformerSavePose, PerformerCleanPose,
          PerformerRetargetPose, PerformerDrawPose]

@@ -127,3 +127,41 @@ def test_openpose_loads_real_architecture_files_safely(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "body_pose_model.pth")
     with pytest.raises(BadModelFileError, match="Could not load the OpenPose annotator weights"):
         OpenPoseExtractor(str(tmp_path), hands=False, face=False)
+
+
+def _tiny_densepose(path):
+    """A TorchScript module with DensePose's real I/O: uint8 (3,H,W) -> boxes, coarse, fine, u, v (S = 8)."""
+    import torch
+
+    class TinyDensePose(torch.nn.Module):
+        def forward(self, x: torch.Tensor):
+            h, w = x.shape[1], x.shape[2]
+            box = torch.tensor([[w * 0.25, h * 0.125, w * 0.75, h * 0.875]]) + 0 * x.float().mean()
+            coarse = torch.zeros(1, 2, 8, 8)
+            coarse[0, 1, :, 1:7] = 1.0  # body in the middle six columns
+            fine = torch.zeros(1, 25, 8, 8)
+            fine[0, 2, :4] = 1.0  # torso (part 2) on top
+            fine[0, 23, 4:] = 1.0  # head (part 23) below: any layout will do for the test
+            u = torch.full((1, 25, 8, 8), 0.25)
+            v = torch.full((1, 25, 8, 8), 0.75)
+            return box, coarse, fine, u, v
+
+    torch.jit.script(TinyDensePose()).save(str(path))
+
+
+def test_densepose_torchscript_colour_convention(tmp_path):
+    import cv2
+
+    from performer_pkg.models.densepose import DensePoseExtractor
+
+    p = tmp_path / "densepose_r50_fpn_dl.torchscript"
+    _tiny_densepose(p)
+    colour, iuv = DensePoseExtractor(str(p))(np.zeros((1, 64, 64, 3), np.uint8), cmap="viridis")
+    parula = lambda part: cv2.applyColorMap(np.uint8([[int(part * 255 / 24)]]), cv2.COLORMAP_PARULA)[0, 0, ::-1]  # noqa: E731
+    np.testing.assert_array_equal(colour[0, 16, 32], parula(2))  # inside the box, upper half: part 2
+    np.testing.assert_array_equal(colour[0, 48, 32], parula(23))  # lower half: part 23
+    np.testing.assert_array_equal(colour[0, 2, 2], (68, 1, 84))  # MagicAnimate's viridis background
+    np.testing.assert_allclose(iuv[0, 16, 32], (2 / 24, 0.25, 0.75), atol=1e-6)
+    assert (iuv[0, 2, 2] == 0).all()
+    parula_bg, _ = DensePoseExtractor(str(p))(np.zeros((1, 64, 64, 3), np.uint8), cmap="parula")
+    assert (parula_bg[0, 2, 2] == 0).all()
