@@ -301,5 +301,36 @@ class PerformerDensePose(io.ComfyNode):
         return io.NodeOutput(torch.from_numpy(colour).float() / 255.0, torch.from_numpy(iuv))
 
 
-NODES = [PerformerExtractPoseMediaPipe, PerformerDensePose, PerformerExtractPoseDWPose, PerformerExtractPoseOpenPose, PerformerPoseFromKeypoints, PerformerPoseToKeypoints, PerformerLoadPose, PerformerSavePose, PerformerCleanPose,
+class PerformerSelectReferenceFrame(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerSelectReferenceFrame", display_name="Select Reference Frame (PoseCrafter) 🎭", category=CAT,
+            description="Picks the training frame whose pose is nearest to the target poses (normalised body coordinates, "
+                        "only joints visible in both), as PoseCrafter does before inverting it.",
+            inputs=[POSE.Input("training_poses", tooltip="Poses of the training video frames."),
+                    POSE.Input("target_poses", tooltip="The driving poses to generate."),
+                    io.Image.Input("training_images", optional=True, tooltip="The training frames; the chosen one is returned.")],
+            outputs=[io.Int.Output(display_name="index", tooltip="Index of the chosen training frame."),
+                     io.Image.Output(display_name="image", tooltip="The chosen training frame (empty 1×1 image when no frames are given)."),
+                     POSE.Output(display_name="pose", tooltip="The chosen frame's pose.")],
+        )
+
+    @classmethod
+    def execute(cls, training_poses, target_poses, training_images=None) -> io.NodeOutput:
+        from ..models.errors import BadInputError
+        from ..models.pose import nearest_frame
+
+        i = nearest_frame(training_poses, target_poses)
+        if training_images is not None:
+            if training_images.shape[0] != training_poses.frames:
+                raise BadInputError(f"training_images has {training_images.shape[0]} frames but training_poses has "
+                                    f"{training_poses.frames}; they must describe the same video.")
+            img = training_images[i:i + 1]
+        else:
+            img = torch.zeros(1, 1, 1, 3)
+        return io.NodeOutput(i, img, training_poses.copy(keypoints=training_poses.keypoints[i:i + 1].copy()))
+
+
+NODES = [PerformerExtractPoseMediaPipe, PerformerDensePose, PerformerSelectReferenceFrame, PerformerExtractPoseDWPose, PerformerExtractPoseOpenPose, PerformerPoseFromKeypoints, PerformerPoseToKeypoints, PerformerLoadPose, PerformerSavePose, PerformerCleanPose,
          PerformerRetargetPose, PerformerDrawPose]

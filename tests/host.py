@@ -182,7 +182,13 @@ class ComfyHost:
                         status = t
                     elif t == "executing" and data.get("node") is None and data.get("prompt_id") == pid:
                         status = status or "execution_success"
-        hist = self.get(f"/history/{pid}").get(pid, {})
+        # ComfyUI sends execution_success before the queue writes the history entry: wait for it
+        hist: Dict[str, Any] = {}
+        for _ in range(100):
+            hist = self.get(f"/history/{pid}").get(pid, {})
+            if hist:
+                break
+            time.sleep(0.05)
         return {"status": status, "events": events, "history": hist, "prompt_id": pid}
 
     def interrupt(self) -> None:
