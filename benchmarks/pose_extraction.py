@@ -43,6 +43,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--dwpose-dir", default="")
+    ap.add_argument("--openpose-dir", default="")
     a = ap.parse_args()
     setup()
     from performer_pkg.models.pose_extract import DWPoseExtractor, MediaPipeExtractor
@@ -65,6 +66,20 @@ def main():
         label = "dwpose_tiny_onnx_overhead_only"
     dw = DWPoseExtractor(os.path.join(d, "yolox_l.onnx"), os.path.join(d, "dw-ll_ucoco_384.onnx"))
     res["results"][label] = {"fps": round(timed(dw, x), 2)}
+    od, olabel = a.openpose_dir, "openpose"
+    if not od:
+        import torch
+        from controlnet_aux.open_pose.model import bodypose_model
+
+        od = tempfile.mkdtemp()
+        torch.manual_seed(0)
+        torch.save({".".join(k.split(".")[1:]): v for k, v in bodypose_model().state_dict().items()},
+                   os.path.join(od, "body_pose_model.pth"))
+        olabel = "openpose_body_real_size_random_weights"
+    from performer_pkg.models.pose_extract import OpenPoseExtractor
+
+    op = OpenPoseExtractor(od, hands=bool(a.openpose_dir), face=bool(a.openpose_dir))
+    res["results"][olabel] = {"fps": round(timed(op, x[:4]), 3)}
     import onnxruntime
 
     res["onnxruntime_providers"] = onnxruntime.get_available_providers()

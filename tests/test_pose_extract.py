@@ -165,3 +165,15 @@ def test_densepose_torchscript_colour_convention(tmp_path):
     assert (iuv[0, 2, 2] == 0).all()
     parula_bg, _ = DensePoseExtractor(str(p))(np.zeros((1, 64, 64, 3), np.uint8), cmap="parula")
     assert (parula_bg[0, 2, 2] == 0).all()
+
+
+def test_person_in_some_frames_only_keeps_absent_points():
+    """Documented behaviour: frames without a person have absent points (no error); Clean Pose can fill short gaps."""
+    import skimage.data
+
+    photo = skimage.data.astronaut()
+    frames = np.stack([photo, np.full_like(photo, 30), photo])
+    pose = require_person(MediaPipeExtractor(video=False)(frames))
+    present = pose.person_present()[:, 0]
+    assert present.tolist() == [True, False, True]
+    assert (pose.keypoints[1, 0, :, 2] == 0).all()
