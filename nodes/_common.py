@@ -11,7 +11,9 @@ PIPE = io.Custom("PERFORMER_PIPE")
 REFERENCE = io.Custom("PERFORMER_REFERENCE")
 OPTIONS = io.Custom("PERFORMER_SAMPLER_OPTIONS")
 POSE = io.Custom("PERFORMER_POSE")
-POSE_KEYPOINT = io.Custom("POSE_KEYPOINT")  # comfyui_controlnet_aux's OpenPose-JSON type
+POSE_KEYPOINT = io.Custom("POSE_KEYPOINT")
+BODY = io.Custom("PERFORMER_BODY")
+FLOW = io.Custom("PERFORMER_FLOW")  # comfyui_controlnet_aux's OpenPose-JSON type
 NONE = "none"
 CATEGORY = "Performer"
 

@@ -34,7 +34,10 @@ def test_object_info_lists_nodes_with_tooltips(host):
             "PerformerAddPoseController", "PerformerAddIdentityAdapter", "PerformerEncodeReference", "PerformerSamplerOptions",
             "PerformerAnimate", "PerformerDecode", "PerformerPoseFromKeypoints", "PerformerPoseToKeypoints",
             "PerformerLoadPose", "PerformerSavePose", "PerformerCleanPose", "PerformerRetargetPose",
-            "PerformerDrawPose"} <= set(nodes)
+            "PerformerDrawPose", "PerformerFitBody", "PerformerLoadBodyParams", "PerformerTransferShape",
+            "PerformerRenderBody", "PerformerBodyFlow", "PerformerBodyToPose", "PerformerExtractPoseMediaPipe",
+            "PerformerExtractPoseDWPose", "PerformerExtractPoseOpenPose", "PerformerDensePose",
+            "PerformerSelectReferenceFrame"} <= set(nodes)
     for name, n in nodes.items():
         assert name.startswith("Performer") and n["category"].startswith("Performer/"), name
         assert n["description"], name
@@ -201,3 +204,23 @@ def test_pose_workflow_bad_inputs(host):
     Image.new("RGB", (128, 128), (20, 20, 20)).save(os.path.join(host.workdir, "input", "performer_empty.png"))
     api["2"]["inputs"]["image"] = "performer_empty.png"  # a blank frame: nobody there
     assert "No person found in any frame of images" in _error_of(host, api)
+
+
+def test_body_workflow_bad_inputs(host):
+    import numpy as np
+
+    from performer_pkg.models.pose import save_json
+    from example_inputs import hand_made_pose
+
+    save_json(hand_made_pose(), os.path.join(host.workdir, "input", "performer_one_frame.json"))
+    api = load_api("performer_body_from_poses")
+    api["1"]["inputs"]["file"] = "performer_one_frame.json"
+    for k in ("7", "8", "9", "6"):
+        del api[k]
+    assert "Human flow needs at least 2 body frames; got 1" in _error_of(host, api)
+    np.savez(os.path.join(host.workdir, "input", "performer_bad_params.npz"), body_pose=np.zeros((3, 63)), transl=np.zeros((2, 3)))
+    api = {"1": {"class_type": "PerformerLoadBodyParams", "inputs": {"file": "performer_bad_params.npz",
+                 "body_model": "embedded (procedural stand-in, not SMPL-X)", "width": 256, "height": 256, "fov": 40.0, "fps": 8.0}},
+           "2": {"class_type": "PerformerRenderBody", "inputs": {"body": ["1", 0], "width": 0, "height": 0}},
+           "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "performer/x"}}}
+    assert "lack 'global_orient'" in _error_of(host, api)

@@ -1,0 +1,231 @@
+"""Body nodes: SMPL-X bodies from poses or files, shape transfer, headless renders, 3D-aware human flow."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from comfy_api.latest import io
+
+from ._common import BODY, CATEGORY, FLOW, POSE, Progress
+
+CAT = f"{CATEGORY}/body"
+EMBEDDED_CHOICE = "embedded (procedural stand-in, not SMPL-X)"
+MODEL_TOOLTIP = ("SMPL-X .npz in models/performer/body (SMPLX_NEUTRAL.npz), or the embedded procedural body the pack "
+                 "generates (SMPL-X file format, made-up geometry: fine for tests and demos, not for real people).")
+
+
+def _model_choices():
+    from ._common import weight_choices
+
+    return [EMBEDDED_CHOICE] + [f for f in weight_choices("performer_body", with_dirs=False) if f.endswith((".npz", ".pkl"))]
+
+
+def _model_path(choice):
+    from ._common import resolve
+
+    return None if choice == EMBEDDED_CHOICE else resolve(choice, ("performer_body",))
+
+
+def _model_of(body):
+    from ..models.body import EMBEDDED, get_body_model
+
+    return get_body_model(None if body.model == EMBEDDED else body.model)
+
+
+class PerformerFitBody(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerFitBody", display_name="Fit SMPL-X to Poses 🎭", category=CAT,
+            description="Fits SMPL-X (shape shared over the video, per-frame pose, hands, translation) to whole-body 2D "
+                        "keypoints by optimisation with pose/shape priors and temporal smoothness. No 3D estimator needed.",
+            inputs=[POSE.Input("pose", tooltip="PERFORMER_POSE to fit (body, feet and hands are used)."),
+                    io.Combo.Input("body_model", options=_model_choices(), tooltip=MODEL_TOOLTIP),
+                    io.Int.Input("iterations", default=200, min=1, max=5000, tooltip="Optimisation steps (plus a third more for the first stage)."),
+                    io.Float.Input("fov", default=40.0, min=5.0, max=120.0, step=0.5, tooltip="Vertical field of view of the camera (degrees)."),
+                    io.Int.Input("person", default=0, min=0, max=63, tooltip="Which person of the pose sequence.")],
+            outputs=[BODY.Output(display_name="body", tooltip="PERFORMER_BODY: per-frame SMPL-X parameters and camera.")],
+        )
+
+    @classmethod
+    def execute(cls, pose, body_model, iterations, fov, person) -> io.NodeOutput:
+        from ..models.body import Camera, get_body_model
+        from ..models.fit import fit_to_keypoints
+
+        bm = get_body_model(_model_path(body_model))
+        total = iterations + max(iterations // 3, 1)
+        return io.NodeOutput(fit_to_keypoints(pose, bm, Camera.default(pose.width, pose.height, fov), person=person,
+                                              iters=iterations, callback=Progress(total)))
+
+
+class PerformerLoadBodyParams(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        import folder_paths
+
+        d = folder_paths.get_input_directory()
+        files = sorted(f for f in os.listdir(d) if f.endswith(".npz")) if os.path.isdir(d) else []
+        return io.Schema(
+            node_id="PerformerLoadBodyParams", display_name="Load SMPL-X Parameters 🎭", category=CAT,
+            description="Per-frame SMPL-X parameters from an .npz made by SMPLer-X / 4D-Humans / PyMAF-X style tools "
+                        "(keys: betas|shape, global_orient|root_pose, body_pose, left/right_hand_pose, jaw_pose, "
+                        "expression|expr, transl|cam_trans; axis-angle or rotation matrices). Read without pickle.",
+            inputs=[io.Combo.Input("file", options=files or [""], tooltip="An .npz in ComfyUI's input folder."),
+                    io.Combo.Input("body_model", options=_model_choices(), tooltip=MODEL_TOOLTIP),
+                    io.Int.Input("width", default=512, min=8, max=8192, tooltip="Image width the parameters' camera belongs to."),
+                    io.Int.Input("height", default=512, min=8, max=8192, tooltip="Image height."),
+                    io.Float.Input("fov", default=40.0, min=5.0, max=120.0, step=0.5, tooltip="Vertical field of view (degrees)."),
+                    io.Float.Input("fps", default=8.0, min=0.1, max=240.0, step=0.1, tooltip="Frame rate.")],
+            outputs=[BODY.Output(display_name="body", tooltip="PERFORMER_BODY.")],
+        )
+
+    @classmethod
+    def execute(cls, file, body_model, width, height, fov, fps) -> io.NodeOutput:
+        import folder_paths
+
+        from ..models.body import EMBEDDED, Camera, from_estimator
+        from ..models.errors import BadInputError
+
+        path = folder_paths.get_annotated_filepath(file)
+        if not file or not os.path.isfile(path):
+            raise BadInputError(f"Body parameter file {file!r} not found in ComfyUI's input folder.")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except (ValueError, OSError) as e:
+            raise BadInputError(f"Could not read {file} as a plain .npz (no pickle): {e}") from e
+        model = _model_path(body_model) or EMBEDDED
+        return io.NodeOutput(from_estimator(data, Camera.default(width, height, fov), fps=fps, model=model))
+
+
+class PerformerTransferShape(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerTransferShape", display_name="Transfer Body Shape 🎭", category=CAT,
+            description="Figure transfer (VividPose/Champ): body shape (and optionally expression) from the reference; "
+                        "pose, orientation, translation and camera from the driving bodies.",
+            inputs=[BODY.Input("driving", tooltip="Driving bodies."),
+                    BODY.Input("reference", tooltip="Body fitted to the reference image (its first frame is used)."),
+                    io.Boolean.Input("expression", default=False, tooltip="Also take the facial expression from the reference.")],
+            outputs=[BODY.Output(display_name="body", tooltip="Driving bodies with the reference person's shape.")],
+        )
+
+    @classmethod
+    def execute(cls, driving, reference, expression) -> io.NodeOutput:
+        from ..models.body import transfer_shape
+
+        return io.NodeOutput(transfer_shape(driving, reference, expression=expression))
+
+
+def _render_all(body, width, height, kinds, callback):
+    from ..models.render import Renderer, part_labels
+
+    bm = _model_of(body)
+    cam = body.camera.scaled(width, height)
+    r = Renderer(width, height)
+    out = {k: [] for k in kinds}
+    try:
+        parts = part_labels(bm.weights)
+        for f in range(body.frames):
+            with torch.no_grad():
+                v = bm.forward(body, [f])["vertices"][0].cpu().numpy()
+            o = r.render(cam, v, bm.faces, parts, kinds=kinds)
+            for k in kinds:
+                out[k].append(o[k])
+            out.setdefault("_verts", []).append(v)
+            if callback:
+                callback(f + 1, body.frames)
+    finally:
+        r.close()
+    return out, cam, bm
+
+
+class PerformerRenderBody(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerRenderBody", display_name="Render Body (normal, depth, semantic, mask) 🎭", category=CAT,
+            description="Headless pyrender renders of the bodies (EGL, or OSMesa): camera-space normals (OpenGL "
+                        "convention, n·½+½), depth (near = bright), body-part colours and the silhouette mask.",
+            inputs=[BODY.Input("body", tooltip="PERFORMER_BODY."),
+                    io.Int.Input("width", default=0, min=0, max=8192, tooltip="Render width; 0 = the body camera's."),
+                    io.Int.Input("height", default=0, min=0, max=8192, tooltip="Render height; 0 = the body camera's.")],
+            outputs=[io.Image.Output(display_name="normal", tooltip="Normal maps."),
+                     io.Image.Output(display_name="depth", tooltip="Depth maps, normalised per video (near = bright, background black)."),
+                     io.Image.Output(display_name="semantic", tooltip="Body-part colour maps."),
+                     io.Mask.Output(display_name="mask", tooltip="Silhouettes.")],
+        )
+
+    @classmethod
+    def execute(cls, body, width, height) -> io.NodeOutput:
+        w, h = width or body.camera.width, height or body.camera.height
+        out, _, _ = _render_all(body, w, h, ("normal", "semantic", "depth", "mask"), Progress(body.frames))
+        depth = np.stack(out["depth"])
+        fg = depth > 0
+        if fg.any():
+            lo, hi = depth[fg].min(), depth[fg].max()
+            d = np.where(fg, 1.0 - 0.8 * (depth - lo) / max(hi - lo, 1e-6), 0.0)
+        else:
+            d = np.zeros_like(depth)
+        img = lambda a: torch.from_numpy(np.stack(a)).float() / 255.0  # noqa: E731
+        return io.NodeOutput(img(out["normal"]), torch.from_numpy(np.repeat(d[..., None], 3, -1)).float(), img(out["semantic"]),
+                             torch.from_numpy(np.stack(out["mask"])).float())
+
+
+class PerformerBodyFlow(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerBodyFlow", display_name="3D-aware Human Flow 🎭", category=CAT,
+            description="Per-pixel motion of the visible body surface between consecutive frames (DiffPerformer's human "
+                        "flow): each pixel's exact surface point is carried by the mesh to the next frame and projected; "
+                        "pixels that leave the frame or become hidden are invalid. With a colour-wheel preview.",
+            inputs=[BODY.Input("body", tooltip="PERFORMER_BODY (at least two frames)."),
+                    io.Int.Input("width", default=0, min=0, max=8192, tooltip="Flow width; 0 = the body camera's."),
+                    io.Int.Input("height", default=0, min=0, max=8192, tooltip="Flow height; 0 = the body camera's.")],
+            outputs=[FLOW.Output(display_name="flow", tooltip="PERFORMER_FLOW: flow (F−1, H, W, 2) in pixels + validity."),
+                     io.Image.Output(display_name="preview", tooltip="Colour-wheel flow images (F−1 frames; black = invalid).")],
+        )
+
+    @classmethod
+    def execute(cls, body, width, height) -> io.NodeOutput:
+        from ..models.errors import BadInputError
+        from ..models.render import flow_to_colour, human_flow
+
+        if body.frames < 2:
+            raise BadInputError(f"Human flow needs at least 2 body frames; got {body.frames}.")
+        w, h = width or body.camera.width, height or body.camera.height
+        out, cam, bm = _render_all(body, w, h, ("face_id", "depth"), Progress(body.frames))
+        flows, valids = [], []
+        for f in range(body.frames - 1):
+            fl, va = human_flow(cam, out["_verts"][f], out["_verts"][f + 1], bm.faces, out["face_id"][f], out["depth"][f + 1])
+            flows.append(fl)
+            valids.append(va)
+        flow = {"flow": torch.from_numpy(np.stack(flows)), "valid": torch.from_numpy(np.stack(valids)), "width": w, "height": h}
+        m = max(float(np.percentile(np.linalg.norm(np.stack(flows)[np.stack(valids)], axis=-1), 99)) if np.stack(valids).any() else 1.0, 1.0)
+        prev = np.stack([flow_to_colour(fl, va, m) for fl, va in zip(flows, valids)])
+        return io.NodeOutput(flow, torch.from_numpy(prev).float() / 255.0)
+
+
+class PerformerBodyToPose(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerBodyToPose", display_name="Body to Pose (project joints) 🎭", category=CAT,
+            description="Projects the bodies' joints to a PERFORMER_POSE (body, feet, hands) — e.g. to draw skeleton "
+                        "maps that match the SMPL-X renders exactly.",
+            inputs=[BODY.Input("body", tooltip="PERFORMER_BODY.")],
+            outputs=[POSE.Output(display_name="pose", tooltip="PERFORMER_POSE from the projected joints.")],
+        )
+
+    @classmethod
+    def execute(cls, body) -> io.NodeOutput:
+        from ..models.fit import body_to_pose
+
+        return io.NodeOutput(body_to_pose(body, _model_of(body)))
+
+
+NODES = [PerformerFitBody, PerformerLoadBodyParams, PerformerTransferShape, PerformerRenderBody, PerformerBodyFlow,
+         PerformerBodyToPose]
