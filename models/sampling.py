@@ -199,6 +199,9 @@ class _Run:
         dev, dt = bb.device, bb.dtype
         n_rows = 2 if self.cfg else 1
         # pose maps
+        if skeleton is not None and smplx is not None and skeleton.shape[0] != smplx.shape[0]:
+            raise BadInputError(f"skeleton maps have {skeleton.shape[0]} frames but SMPL-X renders have {smplx.shape[0]}; "
+                                "they must come from the same driving video.")
         self.skeleton = maps_to_tensor(skeleton, s.height, s.width, s.frames, "skeleton maps") if skeleton is not None else None
         self.smplx = maps_to_tensor(smplx, s.height, s.width, s.frames, "SMPL-X renders") if smplx is not None else None
         self.pose_feat = None

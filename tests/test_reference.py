@@ -361,6 +361,9 @@ def test_bad_inputs_are_clear(ad, svd, models_tree):
         sample_video(ad, _settings(), encode_reference(ad, _img(size=48)))
     with pytest.raises(BadInputError, match="skeleton maps are 32×16 but the video"):
         sample_video(backbones.with_pose_controller(ad, models_tree[1]["pose_sd15"]), _settings(), ref, skeleton=torch.rand(4, 16, SIZE, 3))
+    with pytest.raises(BadInputError, match="skeleton maps have 5 frames but SMPL-X renders have 4"):
+        sample_video(backbones.with_pose_controller(ad, models_tree[1]["pose_sd15"]), _settings(), ref,
+                     skeleton=torch.rand(5, SIZE, SIZE, 3), smplx=torch.rand(4, SIZE, SIZE, 3))
     with pytest.raises(BadInputError, match="ControlNet but no skeleton maps"):
         sample_video(backbones.with_controlnet(ad, models_tree[1]["cn_file"]), _settings(), ref)
     with pytest.raises(BadInputError, match="encoded for a svd pipe"):
