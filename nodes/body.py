@@ -209,6 +209,27 @@ class PerformerBodyFlow(io.ComfyNode):
         return io.NodeOutput(flow, torch.from_numpy(prev).float() / 255.0)
 
 
+class PerformerFlowPreview(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerFlowPreview", display_name="Flow Preview (colour wheel) 🎭", category=CAT,
+            description="Colours a PERFORMER_FLOW: hue = direction, saturation = speed (scaled by max_pixels, or by the "
+                        "99th percentile when 0); invalid pixels black.",
+            inputs=[FLOW.Input("flow", tooltip="PERFORMER_FLOW from 3D-aware Human Flow."),
+                    io.Float.Input("max_pixels", default=0.0, min=0.0, max=1000.0, step=0.5, tooltip="Speed shown fully saturated; 0 = automatic.")],
+            outputs=[io.Image.Output(display_name="images", tooltip="One colour image per frame pair.")],
+        )
+
+    @classmethod
+    def execute(cls, flow, max_pixels) -> io.NodeOutput:
+        from ..models.render import flow_to_colour
+
+        f, v = flow["flow"].numpy(), flow["valid"].numpy()
+        m = max_pixels or max(float(np.percentile(np.linalg.norm(f[v], axis=-1), 99)) if v.any() else 1.0, 1.0)
+        return io.NodeOutput(torch.from_numpy(np.stack([flow_to_colour(a, b, m) for a, b in zip(f, v)])).float() / 255.0)
+
+
 class PerformerBodyToPose(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -228,4 +249,4 @@ class PerformerBodyToPose(io.ComfyNode):
 
 
 NODES = [PerformerFitBody, PerformerLoadBodyParams, PerformerTransferShape, PerformerRenderBody, PerformerBodyFlow,
-         PerformerBodyToPose]
+         PerformerFlowPreview, PerformerBodyToPose]

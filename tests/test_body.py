@@ -226,3 +226,18 @@ def test_fast_joints_equal_smplx(bm):
     J = fast_joints(bm, p["betas"][:1], p["global_orient"], p["body_pose"], p["left_hand_pose"], p["right_hand_pose"], p["transl"])
     ref = bm.forward(seq)["joints"][:, :76]
     torch.testing.assert_close(J, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_import_estimator_parameters():
+    from scipy.spatial.transform import Rotation as Rot
+
+    cam = B.Camera.default(SIZE, SIZE)
+    rng = np.random.default_rng(0)
+    aa = rng.normal(0, 0.3, (4, 21, 3))
+    data = {"smplx_root_pose": np.tile([[np.pi, 0, 0]], (4, 1)), "body_pose": Rot.from_rotvec(aa.reshape(-1, 3)).as_matrix().reshape(4, 21, 3, 3),
+            "shape": rng.normal(0, 1, (4, 10)), "cam_trans": np.tile([[0, 0, 3.0]], (4, 1)), "expr": np.zeros((4, 10))}
+    seq = B.from_estimator(data, cam, fps=25)
+    np.testing.assert_allclose(seq.body_pose.reshape(4, 21, 3), aa, atol=1e-5)  # rotation matrices -> axis-angle
+    assert seq.frames == 4 and seq.fps == 25 and np.allclose(seq.transl[:, 2], 3)
+    with pytest.raises(BadInputError, match="lack 'transl'"):
+        B.from_estimator({"global_orient": np.zeros((2, 3)), "body_pose": np.zeros((2, 63))}, cam)
