@@ -31,7 +31,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import torch
 
 from .errors import BadModelFileError, MissingModelError
-from .weights import detect_family, file_hash, find_weight, read_state_dict
+from .weights import detect_family, file_hash, read_state_dict
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -16,7 +16,6 @@ metadata (``performer.kind = identity_adapter``).
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Dict, Iterator, Optional
 
 import torch
@@ -104,26 +103,15 @@ class IdentityAdapter(nn.Module):
         return torch.cat(parts, 1)
 
     def save(self, path: str, extra_metadata: Optional[Dict[str, str]] = None) -> None:
-        from safetensors.torch import save_file
+        from .weights import write_performer_file
 
-        meta = {"performer.kind": "identity_adapter", "performer.config": json.dumps(self.config)}
-        meta.update(extra_metadata or {})
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, path, metadata=meta)
+        write_performer_file(self, path, "identity_adapter", self.config, extra_metadata)
 
 
 def load_identity_adapter(path: str, device=None, dtype=torch.float32) -> IdentityAdapter:
-    from safetensors import safe_open
+    from .weights import read_performer_file
 
-    try:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001
-        raise BadModelFileError(f"Could not read identity adapter {path}: {e}") from e
-    if meta.get("performer.kind") != "identity_adapter":
-        raise BadModelFileError(f"{path} is not a Performer identity adapter (metadata performer.kind="
-                                f"{meta.get('performer.kind')!r}; expected 'identity_adapter').")
-    cfg = json.loads(meta["performer.config"])
+    cfg, sd = read_performer_file(path, "identity_adapter", "identity adapter")
     ad = IdentityAdapter(**cfg)
     try:
         ad.load_state_dict(sd)

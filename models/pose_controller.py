@@ -16,7 +16,6 @@ Weights are saved as safetensors with the architecture in the metadata (``perfor
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Dict, Optional, Sequence
 
@@ -94,26 +93,16 @@ class PoseController(nn.Module):
         return out
 
     def save(self, path: str, extra_metadata: Optional[Dict[str, str]] = None) -> None:
-        from safetensors.torch import save_file
+        from .weights import write_performer_file
 
-        meta = {"performer.kind": "pose_controller", "performer.config": json.dumps(self.config)}
-        meta.update(extra_metadata or {})
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, path, metadata=meta)
+        write_performer_file(self, path, "pose_controller", self.config, extra_metadata)
 
 
 def load_pose_controller(path: str, device=None, dtype=torch.float32) -> PoseController:
-    from safetensors import safe_open
+    from .weights import read_performer_file
 
-    try:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001
-        raise BadModelFileError(f"Could not read pose controller {path}: {e}") from e
-    if meta.get("performer.kind") != "pose_controller":
-        raise BadModelFileError(f"{path} is not a Performer pose controller (metadata performer.kind="
-                                f"{meta.get('performer.kind')!r}; expected 'pose_controller').")
-    pc = PoseController(**json.loads(meta["performer.config"]))
+    cfg, sd = read_performer_file(path, "pose_controller", "pose controller")
+    pc = PoseController(**cfg)
     try:
         pc.load_state_dict(sd)
     except RuntimeError as e:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Dict, Iterable, Sequence
 
 import torch
 
@@ -87,3 +87,37 @@ def detect_family(sd: Dict[str, torch.Tensor]) -> str:
     if any(k.startswith("down_blocks.") and ".attentions." in k for k in keys):
         raise BadModelFileError("This file has diffusers UNet keys; load the whole diffusers folder instead of one file.")
     raise BadModelFileError("Unrecognised checkpoint: not an SD1.5, SVD, ControlNet or AnimateDiff motion-module file.")
+
+
+def read_performer_file(path: str, kind: str, what: str):
+    """(config, state dict) of a pack-made safetensors file whose metadata says ``performer.kind == kind``."""
+    import json
+
+    from safetensors import safe_open
+
+    from .errors import BadModelFileError
+
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise BadModelFileError(f"Could not read {what} {path}: {e}") from e
+    if meta.get("performer.kind") != kind:
+        raise BadModelFileError(f"{path} is not a Performer {what} (metadata performer.kind={meta.get('performer.kind')!r}; "
+                                f"expected {kind!r}).")
+    try:
+        return json.loads(meta["performer.config"]), sd
+    except (KeyError, ValueError) as e:
+        raise BadModelFileError(f"{path} has no readable performer.config metadata: {e}") from e
+
+
+def write_performer_file(module, path: str, kind: str, config: dict, extra_metadata=None) -> None:
+    """Save ``module``'s weights as safetensors with ``performer.kind`` / ``performer.config`` metadata."""
+    import json
+
+    from safetensors.torch import save_file
+
+    meta = {"performer.kind": kind, "performer.config": json.dumps(config)}
+    meta.update(extra_metadata or {})
+    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, path, metadata=meta)

@@ -1,7 +1,6 @@
 """Sampling nodes."""
 from __future__ import annotations
 
-import torch
 from comfy_api.latest import io
 
 from ._common import CATEGORY, OPTIONS, PIPE, REFERENCE, Progress
