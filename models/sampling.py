@@ -327,11 +327,13 @@ def _check_motion_window(bb, window: int) -> None:
 @torch.no_grad()
 def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, skeleton: Optional[torch.Tensor] = None,
                  smplx: Optional[torch.Tensor] = None, init_latents: Optional[torch.Tensor] = None,
-                 callback: Callback = None, use_reference_attention: bool = True, ref_state=None) -> torch.Tensor:
+                 callback: Callback = None, use_reference_attention: bool = True, ref_state=None,
+                 start_latents: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Sample a video; returns latents ``(1, C, F, h, w)`` in the UNet's (scaled) space.
 
     ``skeleton``/``smplx``: IMAGE batches (F, H, W, 3) in 0..1 (pose maps / body renders).
     ``init_latents`` + ``denoise`` < 1 start from a given video latent (PoseCrafter, DiffPerformer).
+    ``start_latents``: use this as the noisy latent at the first timestep as it is (e.g. a DDIM inversion).
     """
     from .identity import identity_attention
     from .reference_attention import reference_attention, write_reference
@@ -373,6 +375,11 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
         if hasattr(sched, "set_begin_index"):
             sched.set_begin_index(start)
         latents = sched.add_noise(init_latents.float().to(bb.device), noise.to(bb.device), timesteps[:1])
+    elif start_latents is not None:
+        if tuple(start_latents.shape) != tuple(noise.shape):
+            raise BadInputError(f"The start latent has shape {tuple(start_latents.shape)}; expected {tuple(noise.shape)}.")
+        _check_finite(start_latents, "The start latent")
+        latents = start_latents.float().to(bb.device)
     else:
         latents = noise.to(bb.device) * sched.init_noise_sigma
     latents = latents.to(bb.dtype)
@@ -404,6 +411,63 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
             latents = sched.step(pred, t, latents).prev_sample.to(bb.dtype)
             _check_finite(latents, "The sampled latent")
     return latents
+
+
+@torch.no_grad()
+def ddim_invert(bb, latents: torch.Tensor, s: VideoSettings, reference: Optional[Reference] = None,
+                skeleton: Optional[torch.Tensor] = None, smplx: Optional[torch.Tensor] = None, callback: Callback = None,
+                use_reference_attention: bool = True, refine: int = 0) -> torch.Tensor:
+    """DDIM inversion of clean latents ``(1, C, F, h, w)`` to the first timestep of a ``s.steps``-step DDIM run.
+
+    Same UNet path as :func:`sample_video` (motion module, ControlNet on ``skeleton``, pose controller, reference
+    attention, identity), with ``s.cfg`` as guidance — PoseCrafter/ControlVideo invert at guidance 1 (conditional
+    only) with the ControlNet on; sampling the result with the *same* settings retraces the inversion.
+    Timesteps run upward; ε is evaluated on the current latent at the next timestep (Tune-A-Video / null-text style).
+    ``refine`` > 0 adds fixed-point iterations per step (ε re-evaluated on the new latent), which makes the
+    inversion the exact inverse of the DDIM step up to convergence; 0 is the plain rule PoseCrafter used.
+    """
+    from diffusers import DDIMScheduler
+
+    from .identity import identity_attention
+    from .reference_attention import reference_attention, write_reference
+
+    if bb.family != "sd15":
+        raise BadInputError("DDIM inversion works with AnimateDiff/SD1.5 pipes (SVD samples with EDM).")
+    _check_finite(latents, "The latent to invert")
+    f = bb.vae_scale_factor
+    if tuple(latents.shape[-2:]) != (s.height // f, s.width // f) or latents.shape[2] != s.frames:
+        raise BadInputError(f"The latent to invert has shape {tuple(latents.shape)}; expected {s.frames} frames at {s.width}×{s.height}.")
+    run = _Run(bb, s, reference, skeleton, smplx)
+    sched = DDIMScheduler.from_config(bb.scheduler_config)
+    sched.set_timesteps(s.steps, device=bb.device)
+    ts = list(reversed(sched.timesteps.tolist()))
+    ac = sched.alphas_cumprod.to(torch.float64)
+    step = sched.config.num_train_timesteps // s.steps
+    x = latents.to(bb.device, bb.dtype)
+    idx = list(range(s.frames))
+    use_ref = use_reference_attention and reference is not None and s.reference_strength > 0
+    uncond = s.reference_uncond or DEFAULT_REFERENCE_UNCOND[bb.family]
+    ref_cm = reference_attention(bb.unet, s.reference_strength, uncond) if use_ref else contextlib.nullcontext()
+    id_cm = (identity_attention(bb.unet, bb.identity_adapter, s.image_scale, s.face_scale)
+             if bb.identity_adapter is not None else contextlib.nullcontext())
+    with id_cm, ref_cm as st:
+        if use_ref:
+            write_reference(st, lambda: run.reference_pass(sched))
+        for i, t in enumerate(ts):
+            a_cur = ac[t - step] if t - step >= 0 else sched.final_alpha_cumprod.to(torch.float64)
+            a_next = ac[t]
+            tt = torch.tensor(t, device=bb.device)
+            xd = x.to(torch.float64)
+            guess = x
+            for _ in range(1 + max(0, int(refine))):
+                eps = run.predict(sched, guess, tt, idx, st if use_ref else None).to(torch.float64)
+                x0 = (xd - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
+                guess = (a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps).to(bb.dtype)
+            x = guess
+            _check_finite(x, "The inverted latent")
+            if callback:
+                callback(i + 1, len(ts))
+    return x
 
 
 @torch.no_grad()
