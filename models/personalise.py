@@ -1,0 +1,307 @@
+"""One-shot personalisation: finetune a copy of the pipe's UNet on the frames of one video.
+
+What trains (``target``):
+* ``posecrafter`` — self-attention output projections (``attn1.to_out``) and the motion module's temporal
+  attention (PoseCrafter/ControlVideo train ``attn1.to_out`` + temporal attention);
+* ``temporal`` — the motion module only (DiffPerformer's temporal layers);
+* plus, optionally, the pose controller and the identity adapter of the pipe.
+
+Defaults follow thu-ml ControlVideo's one-shot config (PoseCrafter's base): 8 frames per step drawn at random
+from the video (sorted), AdamW lr 3e-5, weight decay 1e-2, gradient clipping 1.0, ε-MSE with one timestep shared
+by all frames of a step, 300 steps; gradient checkpointing on; bf16 autocast on CUDA devices that support it.
+An 80/20 split keeps every fifth frame out of training for evaluation.
+
+The pipe is never modified: training runs on clones.  Checkpoints are safetensors holding the trained tensors
+(full values) with metadata: base-model fingerprint, trained parameter names, steps, loss curve, settings.
+:func:`apply_personalised` loads them onto a clone and refuses checkpoints of another base model.  An
+interruption (the callback raising) saves a usable checkpoint first; ``resume`` continues one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .errors import BadInputError, BadModelFileError
+
+TARGETS = ("posecrafter", "temporal")
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 300
+    lr: float = 3e-5
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    frames_per_step: int = 8
+    target: str = "posecrafter"
+    train_pose_controller: bool = False
+    train_identity: bool = False
+    holdout: bool = False  # keep every 5th frame out (80/20)
+    gradient_checkpointing: bool = True
+    prompt: str = ""
+    seed: int = 0
+
+
+def trainable_names(unet: torch.nn.Module, target: str) -> List[str]:
+    if target not in TARGETS:
+        raise BadInputError(f"Unknown personalisation target {target!r}; choose {', '.join(TARGETS)}.")
+    names = []
+    for n, _ in unet.named_parameters():
+        motion = "motion_modules" in n
+        if target == "temporal" and motion:
+            names.append(n)
+        elif target == "posecrafter" and ((".attn1.to_out." in n and not motion) or (motion and ".attn" in n)):
+            names.append(n)
+    if not names:
+        raise BadInputError(f"The pipe's UNet has no parameters for target {target!r}" +
+                            (" (it needs a motion module)." if target == "temporal" else "."))
+    return names
+
+
+def base_fingerprint(unet: torch.nn.Module, names: List[str]) -> str:
+    """Hash of the base values of the trained tensors (plus their names and shapes): a checkpoint applies only to
+    the base model it was trained from."""
+    h = hashlib.sha256()
+    sd = dict(unet.named_parameters())
+    for n in sorted(names):
+        t = sd[n].detach().float().cpu().contiguous()
+        h.update(n.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+@dataclass
+class Personalised:
+    tensors: Dict[str, torch.Tensor]
+    meta: Dict[str, object] = field(default_factory=dict)
+
+    def save(self, path: str) -> str:
+        from safetensors.torch import save_file
+
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        tmp = path + ".tmp"
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}, tmp,
+                  metadata={"performer.kind": "personalised", "performer.meta": json.dumps(self.meta)})
+        os.replace(tmp, path)  # a partial write never replaces a good checkpoint
+        return path
+
+
+def load_personalised(path: str) -> Personalised:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001
+        raise BadModelFileError(f"Could not read personalised weights {path}: {e}") from e
+    if meta.get("performer.kind") != "personalised":
+        raise BadModelFileError(f"{path} is not a Performer personalised checkpoint.")
+    return Personalised(tensors, json.loads(meta["performer.meta"]))
+
+
+def apply_personalised(bb, p: Personalised):
+    """A new pipe whose UNet (a clone) carries the personalised tensors; ``bb`` is untouched."""
+    from .backbones import clone_module
+
+    names = p.meta.get("unet_params", [])
+    sd = dict(bb.unet.named_parameters())
+    missing = [n for n in names if n not in sd]
+    if missing:
+        raise BadInputError(f"This personalised checkpoint was trained on another base model: the pipe's UNet has no {missing[0]} "
+                            "(add the same motion module / use the same checkpoint).")
+    if base_fingerprint(bb.unet, names) != p.meta.get("base_fingerprint"):
+        raise BadInputError("This personalised checkpoint was trained from another base model (its base-weight fingerprint "
+                            f"differs; trained from {p.meta.get('base_source', 'unknown')}).")
+    unet = clone_module(bb.unet)
+    with torch.no_grad():
+        own = dict(unet.named_parameters())
+        for n in names:
+            own[n].copy_(p.tensors["unet." + n].to(own[n].device, own[n].dtype))
+    parts = {"unet": unet}
+    for key, attr in (("pose_controller.", "pose_controller"), ("identity.", "identity_adapter")):
+        sub = {k[len(key):]: v for k, v in p.tensors.items() if k.startswith(key)}
+        if sub:
+            mod = getattr(bb, attr)
+            if mod is None:
+                raise BadInputError(f"The checkpoint carries a trained {attr.replace('_', ' ')} but the pipe has none; add one first.")
+            mod = clone_module(mod)
+            mod.load_state_dict(sub)
+            parts[attr] = mod
+    return bb.with_parts(source={"personalised": p.meta.get("name", "")}, **parts)
+
+
+def _frame_split(n: int, holdout: bool):
+    train = [i for i in range(n) if not (holdout and i % 5 == 4)]
+    held = [i for i in range(n) if holdout and i % 5 == 4]
+    return train, held
+
+
+def personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Optional[torch.Tensor] = None,
+                callback: Optional[Callable[[int, int, float], None]] = None, save_path: Optional[str] = None,
+                resume: Optional[Personalised] = None):
+    """Train; returns (Personalised, personalised pipe).  ``frames``: IMAGE (F, H, W, 3); ``skeleton``: their pose
+    maps (needed when the pipe has a ControlNet or the pose controller trains)."""
+    from .backbones import clone_module
+    from .pose_controller import maps_to_tensor
+    from .sampling import check_size, encode_prompts, encode_video
+
+    s = settings
+    if bb.family != "sd15":
+        raise BadInputError("Personalisation trains AnimateDiff/SD1.5 pipes.")
+    if frames.ndim != 4 or frames.shape[0] == 0:
+        raise BadInputError(f"frames must be an IMAGE batch of a video; got shape {tuple(frames.shape)}.")
+    Fr, H, W = frames.shape[0], frames.shape[1], frames.shape[2]
+    check_size(W, H, bb.vae_scale_factor)
+    train_idx, held_idx = _frame_split(Fr, s.holdout)
+    if len(train_idx) < s.frames_per_step:
+        raise BadInputError(f"There are {len(train_idx)} training frames but frames_per_step is {s.frames_per_step}; "
+                            "use more frames or a smaller frames_per_step.")
+    need_maps = bb.controlnet is not None or (s.train_pose_controller and bb.pose_controller is not None)
+    maps = None
+    if skeleton is not None:
+        if skeleton.shape[0] != Fr:
+            raise BadInputError(f"Poses are given for {skeleton.shape[0]} frames but the video has {Fr}; every training frame needs its pose.")
+        maps = maps_to_tensor(skeleton, H, W, Fr, "training poses")
+    elif need_maps:
+        raise BadInputError("The pipe has a ControlNet or a trainable pose controller, so every training frame needs its pose map.")
+    if s.train_pose_controller and bb.pose_controller is None:
+        raise BadInputError("train_pose_controller is on but the pipe has no pose controller.")
+    if s.train_identity:
+        raise BadInputError("Training the identity adapter needs face embeddings per frame; not supported in this version.")
+    dev, dt = bb.device, bb.dtype
+    unet = clone_module(bb.unet).to(dev)
+    names = trainable_names(unet, s.target)
+    if resume is not None:
+        if resume.meta.get("unet_params") != names or resume.meta.get("base_fingerprint") != base_fingerprint(bb.unet, names):
+            raise BadInputError("The checkpoint to resume was trained from another base model or with another target.")
+    fingerprint = base_fingerprint(bb.unet, names)
+    unet.requires_grad_(False)
+    params = dict(unet.named_parameters())
+    if resume is not None:
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(resume.tensors["unet." + n])
+    for n in names:
+        params[n].requires_grad_(True)
+    pc = clone_module(bb.pose_controller) if (s.train_pose_controller and bb.pose_controller is not None) else bb.pose_controller
+    train_params = [params[n] for n in names]
+    if s.train_pose_controller and pc is not None:
+        pc.requires_grad_(True).train()
+        train_params += list(pc.parameters())
+    if s.gradient_checkpointing and hasattr(unet, "enable_gradient_checkpointing"):
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    with torch.no_grad():
+        lat = torch.cat([encode_video(bb, frames[i:i + 8]) for i in range(0, Fr, 8)], 2)  # (1, C, F, h, w), chunked VAE
+        ctx = encode_prompts(bb, [s.prompt])
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler.from_config(bb.scheduler_config)
+    opt = torch.optim.AdamW(train_params, lr=s.lr, weight_decay=s.weight_decay)
+    g = torch.Generator("cpu").manual_seed(int(s.seed))
+    losses: List[float] = list(resume.meta.get("loss_curve", [])) if resume else []
+    done0 = int(resume.meta.get("steps", 0)) if resume else 0
+    first_loss = len(losses)
+    use_autocast = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def snapshot(step: int, interrupted: bool = False) -> Personalised:
+        tensors = {"unet." + n: params[n].detach().clone().to(bb.dtype) for n in names}
+        if s.train_pose_controller and pc is not None:
+            tensors.update({"pose_controller." + k: v.detach().clone() for k, v in pc.state_dict().items()})
+        meta = {"base_fingerprint": fingerprint, "base_source": bb.source.get("backbone", ""),
+                "motion_module": bb.source.get("motion_module", ""), "unet_params": names, "steps": step,
+                "loss_curve": [round(x, 6) for x in losses], "settings": asdict(s), "train_frames": train_idx,
+                "heldout_frames": held_idx, "interrupted": interrupted,
+                "name": os.path.basename(save_path) if save_path else ""}
+        return Personalised(tensors, meta)
+
+    motion = bb.motion_adapter is not None
+    step = done0
+    try:
+        for step in range(done0 + 1, s.steps + 1):
+            pick = sorted(torch.randperm(len(train_idx), generator=g)[: s.frames_per_step].tolist())
+            idx = [train_idx[i] for i in pick]
+            x0 = lat[:, :, idx].to(dev, dt)
+            noise = torch.randn(x0.shape, generator=g).to(dev, dt)
+            t = torch.randint(0, sched.config.num_train_timesteps, (1,), generator=g).to(dev)
+            xt = sched.add_noise(x0, noise, t)
+            n = len(idx)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+                if pc is not None and maps is not None:
+                    feat = pc({"skeleton": maps[idx].to(dev)}).to(xt.dtype).permute(1, 0, 2, 3)[None]
+                    xt = xt + feat
+                flat = xt.permute(0, 2, 1, 3, 4).reshape(n, xt.shape[1], *xt.shape[-2:])
+                extra = {}
+                if bb.controlnet is not None:
+                    with torch.no_grad():
+                        hf = 2 ** (len(bb.controlnet.config.conditioning_embedding_out_channels) - 1)
+                        hint = F.interpolate(maps[idx], size=(xt.shape[-2] * hf, xt.shape[-1] * hf), mode="bilinear",
+                                             align_corners=False).to(dev, dt)
+                        down, mid = bb.controlnet(flat, t, encoder_hidden_states=ctx.repeat_interleave(n, 0),
+                                                  controlnet_cond=hint, return_dict=False)
+                    extra = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
+                if motion:
+                    pred = unet(xt, t, encoder_hidden_states=ctx.repeat_interleave(n, 0), **extra).sample
+                else:
+                    pred = unet(flat, t, encoder_hidden_states=ctx.repeat_interleave(n, 0), **extra).sample
+                    pred = pred.reshape(1, n, *pred.shape[1:]).permute(0, 2, 1, 3, 4)
+                loss = F.mse_loss(pred.float(), noise.float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip:
+                torch.nn.utils.clip_grad_norm_(train_params, s.grad_clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+            if callback:
+                callback(step, s.steps, losses[-1])
+    except BaseException:
+        completed = done0 + len(losses) - first_loss
+        if save_path and completed > done0:
+            snapshot(completed, interrupted=True).save(save_path)  # a usable checkpoint of the finished steps
+        raise
+    result = snapshot(done0 + len(losses) - first_loss)
+    if save_path:
+        result.save(save_path)
+    unet.eval().requires_grad_(False)
+    if hasattr(unet, "disable_gradient_checkpointing"):
+        unet.disable_gradient_checkpointing()
+    parts = {"unet": unet}
+    if s.train_pose_controller and pc is not None:
+        parts["pose_controller"] = pc.eval().requires_grad_(False)
+    return result, bb.with_parts(source={"personalised": result.meta["name"]}, **parts)
+
+
+@torch.no_grad()
+def eval_loss(bb, frames: torch.Tensor, indices: List[int], seed: int = 123, timesteps=(100, 400, 700), prompt: str = "") -> float:
+    """ε-MSE of the pipe on the given frames at fixed timesteps and noise (deterministic; for tests and reports)."""
+    from diffusers import DDPMScheduler
+
+    from .sampling import encode_prompts, encode_video
+
+    lat = encode_video(bb, frames[indices])
+    ctx = encode_prompts(bb, [prompt])
+    sched = DDPMScheduler.from_config(bb.scheduler_config)
+    g = torch.Generator("cpu").manual_seed(seed)
+    tot = 0.0
+    n = len(indices)
+    for tv in timesteps:
+        noise = torch.randn(lat.shape, generator=g).to(bb.device, bb.dtype)
+        t = torch.tensor([tv], device=bb.device)
+        xt = sched.add_noise(lat.to(bb.device, bb.dtype), noise, t)
+        if bb.motion_adapter is not None:
+            pred = bb.unet(xt, t, encoder_hidden_states=ctx.repeat_interleave(n, 0)).sample
+        else:
+            flat = xt.permute(0, 2, 1, 3, 4).reshape(n, xt.shape[1], *xt.shape[-2:])
+            pred = bb.unet(flat, t, encoder_hidden_states=ctx.repeat_interleave(n, 0)).sample
+            pred = pred.reshape(1, n, *pred.shape[1:]).permute(0, 2, 1, 3, 4)
+        tot += F.mse_loss(pred.float(), noise.float()).item()
+    return tot / len(timesteps)
