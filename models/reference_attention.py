@@ -52,6 +52,8 @@ class ReferenceState:
     cache: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     writes: int = 0  # number of write passes in this run
     reads: int = 0  # number of layer reads (for tests / diagnostics)
+    keyframe: Optional[int] = None  # key-frame attention (ControlVideo/PoseCrafter): K/V of this frame for every frame
+    frames: int = 0  # frames per batch item in the current call (rows are batch-major)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -85,6 +87,12 @@ class ReferenceAttnProcessor:
         q = attn.to_q(hidden_states)
         k = attn.to_k(hidden_states)
         v = attn.to_v(hidden_states)
+        if st.keyframe is not None and st.mode != "write" and st.frames > 1:
+            # key-frame attention: every frame reads the key frame's keys/values (not its own)
+            b = k.shape[0] // st.frames
+            kf = st.keyframe
+            k = k.view(b, st.frames, *k.shape[1:])[:, kf:kf + 1].expand(-1, st.frames, -1, -1).reshape(k.shape)
+            v = v.view(b, st.frames, *v.shape[1:])[:, kf:kf + 1].expand(-1, st.frames, -1, -1).reshape(v.shape)
         if st.mode == "write":
             st.cache[self.name] = (k.detach(), v.detach())
             out = self._attend(attn, q, k, v)
@@ -135,14 +143,14 @@ def patched_processors(unet: torch.nn.Module, make) -> Iterator[Dict[str, object
 
 @contextlib.contextmanager
 def reference_attention(unet: torch.nn.Module, strength: float = 1.0, uncond: str = "drop",
-                        state: Optional[ReferenceState] = None) -> Iterator[ReferenceState]:
+                        state: Optional[ReferenceState] = None, keyframe: Optional[int] = None) -> Iterator[ReferenceState]:
     """Install reference processors on ``unet`` for one sampling run; yields the shared state."""
     if uncond not in ("drop", "keep"):
         raise BadInputError(f"reference uncond mode must be 'drop' or 'keep'; got {uncond!r}.")
     if not 0.0 <= strength:
         raise BadInputError(f"reference strength must be >= 0; got {strength}.")
     st = state or ReferenceState()
-    st.strength, st.uncond = float(strength), uncond
+    st.strength, st.uncond, st.keyframe = float(strength), uncond, keyframe
     found = []
 
     def make(name, proc):

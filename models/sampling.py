@@ -166,6 +166,7 @@ class VideoSettings:
     fps: int = 7  # svd
     motion_bucket_id: int = 127  # svd
     min_cfg: float = 1.0  # svd: guidance of the first frame
+    keyframe: Optional[int] = None  # key-frame attention (PoseCrafter): every frame's self-attention reads this frame's K/V
 
 
 SD15_SCHEDULERS = {
@@ -265,6 +266,7 @@ class _Run:
             xin = xin + self.pose_feat[:, :, idx].to(xin.dtype)
         if ref_state is not None:
             ref_state.uncond_rows = n if rows == 2 else 0
+            ref_state.frames = n
         if bb.family == "svd":
             sample = torch.cat([xin.permute(0, 2, 1, 3, 4), self.cond_lat[:, None].expand(-1, n, -1, -1, -1)], 2)
             out = bb.unet(sample, t, encoder_hidden_states=self.ctx, added_time_ids=self.time_ids).sample
@@ -328,12 +330,15 @@ def _check_motion_window(bb, window: int) -> None:
 def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, skeleton: Optional[torch.Tensor] = None,
                  smplx: Optional[torch.Tensor] = None, init_latents: Optional[torch.Tensor] = None,
                  callback: Callback = None, use_reference_attention: bool = True, ref_state=None,
-                 start_latents: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 start_latents: Optional[torch.Tensor] = None,
+                 step_hook: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """Sample a video; returns latents ``(1, C, F, h, w)`` in the UNet's (scaled) space.
 
     ``skeleton``/``smplx``: IMAGE batches (F, H, W, 3) in 0..1 (pose maps / body renders).
     ``init_latents`` + ``denoise`` < 1 start from a given video latent (PoseCrafter, DiffPerformer).
     ``start_latents``: use this as the noisy latent at the first timestep as it is (e.g. a DDIM inversion).
+    ``step_hook(i, latents)``: called before step ``i`` (0 = before the first); returns the latents to use
+    (PoseCrafter's latent editing at a chosen step).
     """
     from .identity import identity_attention
     from .reference_attention import reference_attention, write_reference
@@ -385,8 +390,15 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
     latents = latents.to(bb.dtype)
 
     use_ref = use_reference_attention and reference is not None and s.reference_strength > 0
+    if s.keyframe is not None:
+        if len(windows) > 1:
+            raise BadInputError("Key-frame attention samples all frames in one window; raise the window to the frame count.")
+        if not 0 <= s.keyframe < s.frames:
+            raise BadInputError(f"Key frame {s.keyframe} is outside the {s.frames} frames.")
     uncond = s.reference_uncond or DEFAULT_REFERENCE_UNCOND[bb.family]
-    ref_cm = reference_attention(bb.unet, s.reference_strength, uncond, state=ref_state) if use_ref else contextlib.nullcontext()
+    patch = use_ref or s.keyframe is not None
+    ref_cm = (reference_attention(bb.unet, s.reference_strength if use_ref else 0.0, uncond, state=ref_state, keyframe=s.keyframe)
+              if patch else contextlib.nullcontext())
     id_cm = (identity_attention(bb.unet, bb.identity_adapter, s.image_scale, s.face_scale)
              if bb.identity_adapter is not None else contextlib.nullcontext())
     total = len(timesteps) * len(windows)
@@ -394,16 +406,18 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
     with id_cm, ref_cm as st:
         if use_ref:
             write_reference(st, lambda: run.reference_pass(sched))
-        for t in timesteps:
+        for i, t in enumerate(timesteps):
+            if step_hook is not None:
+                latents = step_hook(i, latents).to(bb.dtype)
             if len(windows) == 1:
-                pred = run.predict(sched, latents, t, windows[0], st if use_ref else None)
+                pred = run.predict(sched, latents, t, windows[0], st if patch else None)
                 done += 1
                 if callback:
                     callback(done, total)
             else:
                 pred = torch.zeros_like(latents)
                 for idx, wt in zip(windows, weights):
-                    out = run.predict(sched, latents[:, :, idx], t, idx, st if use_ref else None)
+                    out = run.predict(sched, latents[:, :, idx], t, idx, st if patch else None)
                     pred[:, :, idx] += out * wt.to(out.device, out.dtype).view(1, 1, -1, 1, 1)
                     done += 1
                     if callback:
@@ -447,7 +461,9 @@ def ddim_invert(bb, latents: torch.Tensor, s: VideoSettings, reference: Optional
     idx = list(range(s.frames))
     use_ref = use_reference_attention and reference is not None and s.reference_strength > 0
     uncond = s.reference_uncond or DEFAULT_REFERENCE_UNCOND[bb.family]
-    ref_cm = reference_attention(bb.unet, s.reference_strength, uncond) if use_ref else contextlib.nullcontext()
+    patch = use_ref or s.keyframe is not None
+    ref_cm = (reference_attention(bb.unet, s.reference_strength if use_ref else 0.0, uncond, keyframe=s.keyframe)
+              if patch else contextlib.nullcontext())
     id_cm = (identity_attention(bb.unet, bb.identity_adapter, s.image_scale, s.face_scale)
              if bb.identity_adapter is not None else contextlib.nullcontext())
     with id_cm, ref_cm as st:
@@ -460,7 +476,7 @@ def ddim_invert(bb, latents: torch.Tensor, s: VideoSettings, reference: Optional
             xd = x.to(torch.float64)
             guess = x
             for _ in range(1 + max(0, int(refine))):
-                eps = run.predict(sched, guess, tt, idx, st if use_ref else None).to(torch.float64)
+                eps = run.predict(sched, guess, tt, idx, st if patch else None).to(torch.float64)
                 x0 = (xd - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
                 guess = (a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps).to(bb.dtype)
             x = guess

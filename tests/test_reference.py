@@ -401,3 +401,30 @@ def test_ddim_inversion_then_sampling_reconstructs(ad, svd):
     with pytest.raises(BadInputError, match="AnimateDiff/SD1.5"):
         ddim_invert(svd, x0, s)
 
+
+
+@torch.no_grad()
+def test_keyframe_attention_reads_only_the_key_frame(ad):
+    """Every frame's spatial self-attention uses the key frame's K/V: changing a non-key frame's input leaves the
+    other frames' attention outputs unchanged, changing the key frame changes all of them."""
+    name, attn = _attn(ad)
+    g = torch.Generator().manual_seed(3)
+    hs = torch.randn(2 * 4, 16, attn.to_q.in_features, generator=g)  # batch 2 × 4 frames, batch-major rows
+    st = ReferenceState(mode="off", keyframe=0, frames=4)
+    proc = ReferenceAttnProcessor(name, st)
+    base = proc(attn, hs)
+    other = hs.clone()
+    other[2] += 1.0  # batch 0, frame 2
+    out = proc(attn, other)
+    same = [r for r in range(8) if r != 2]
+    torch.testing.assert_close(out[same], base[same])
+    key = hs.clone()
+    key[4] += 1.0  # batch 1, frame 0 = its key frame
+    out = proc(attn, key)
+    assert all((out[r] - base[r]).abs().max() > 1e-4 for r in range(4, 8))
+    torch.testing.assert_close(out[:4], base[:4])
+    ref = encode_reference(ad, _img())
+    a = sample_video(ad, _settings(keyframe=0), ref)
+    assert torch.isfinite(a).all() and (a - sample_video(ad, _settings(), ref)).abs().max() > 1e-4
+    with pytest.raises(BadInputError, match="one window"):
+        sample_video(ad, _settings(frames=6, window=4, stride=2, keyframe=0), ref)
