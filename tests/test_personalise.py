@@ -103,3 +103,28 @@ def test_bad_personalisation_inputs(ad, models_tree):
     plain = backbones.load_sd15(models_tree[1]["sd15_file"], device="cpu", tokenizer_dirs=TOK)
     with pytest.raises(BadInputError, match="another base model"):
         apply_personalised(plain, res)  # no motion module: the trained tensors do not exist
+
+
+def test_posecrafter_pipeline_runs_each_step(ad, models_tree):
+    import numpy as np
+
+    from example_inputs import hand_made_pose
+    from performer_pkg.models.pose import PoseSequence
+    from performer_pkg.models.posecrafter import PoseCrafterSettings, draw_edit_boxes, posecrafter
+
+    cn = backbones.with_controlnet(ad, models_tree[1]["cn_file"])
+    train = PoseSequence(np.concatenate([hand_made_pose(wave=0.2 * i).keypoints for i in range(10)]), 512, 512)
+    target = PoseSequence(np.concatenate([hand_made_pose(dx=20 * i, wave=1.6).keypoints for i in range(3)]), 512, 512)
+    frames = _video(10)
+    lat, info = posecrafter(cn, frames, train, target, PoseCrafterSettings(steps=3, cfg=3.0))
+    assert lat.shape == (1, 4, 3, SIZE // 2, SIZE // 2) and torch.isfinite(lat).all()
+    assert info["reference_frame"] == 8 and info["inserted"]  # wave 1.6 is nearest to the targets' 1.6
+    assert len(info["edits"]) == 3 and all(e["face"].startswith("edited") for e in info["edits"])
+    assert all(set(b) == {"face", "left_hand", "right_hand"} for b in info["boxes"])
+    off, info2 = posecrafter(cn, frames, train, target, PoseCrafterSettings(steps=3, cfg=3.0, select=False, invert=False,
+                                                                           insert=False, edit=False))
+    assert off.shape == lat.shape and info2["reference_frame"] == 0 and info2["edits"] == []
+    vis = draw_edit_boxes(np.zeros((3, SIZE, SIZE, 3), np.uint8), info["boxes"], 2)
+    assert vis.any()
+    with pytest.raises(BadInputError, match="training images have 10 frames but training poses have 3"):
+        posecrafter(cn, frames, target, target, PoseCrafterSettings(steps=1))
