@@ -305,3 +305,68 @@ def eval_loss(bb, frames: torch.Tensor, indices: List[int], seed: int = 123, tim
             pred = pred.reshape(1, n, *pred.shape[1:]).permute(0, 2, 1, 3, 4)
         tot += F.mse_loss(pred.float(), noise.float()).item()
     return tot / len(timesteps)
+
+
+def _read_frames(path: str, size: Optional[int]) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.lower().endswith((".png", ".jpg", ".jpeg", ".webp")))
+        imgs = [np.asarray(Image.open(os.path.join(path, f)).convert("RGB")) for f in files]
+    else:
+        import cv2
+
+        cap = cv2.VideoCapture(path)
+        imgs = []
+        while True:
+            ok, fr = cap.read()
+            if not ok:
+                break
+            imgs.append(fr[..., ::-1].copy())
+        cap.release()
+    if not imgs:
+        raise BadInputError(f"No frames found in {path}.")
+    x = torch.from_numpy(np.stack(imgs)).float() / 255.0
+    if size:
+        x = F.interpolate(x.permute(0, 3, 1, 2), size=(size, size), mode="area").permute(0, 2, 3, 1)
+    return x
+
+
+def main(argv=None):
+    """``python -m models.personalise`` from the pack's folder: the same training as the Personalise node."""
+    import argparse
+
+    from .backbones import load_backbone, with_controlnet, with_motion_module
+
+    ap = argparse.ArgumentParser(description="One-shot personalisation of an AnimateDiff pipe on one video.")
+    ap.add_argument("--backbone", required=True, help="SD1.5 single file or diffusers folder")
+    ap.add_argument("--motion-module", required=True)
+    ap.add_argument("--controlnet", default="")
+    ap.add_argument("--tokenizer-dir", action="append", default=[], help="folder with the CLIP tokenizer (ComfyUI's comfy/sd1_tokenizer)")
+    ap.add_argument("--frames", required=True, help="a folder of images or a video file")
+    ap.add_argument("--poses", default="", help="OpenPose-JSON pose file for the frames (needed with --controlnet)")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--out", required=True, help="output .safetensors")
+    ap.add_argument("--resume", default="")
+    for k, v in asdict(TrainSettings()).items():
+        ap.add_argument("--" + k.replace("_", "-"), type=type(v) if not isinstance(v, bool) else (lambda x: x.lower() in ("1", "true", "yes")), default=v)
+    a = ap.parse_args(argv)
+    bb = with_motion_module(load_backbone(a.backbone, tokenizer_dirs=a.tokenizer_dir), a.motion_module)
+    if a.controlnet:
+        bb = with_controlnet(bb, a.controlnet)
+    frames = _read_frames(a.frames, a.size)
+    skeleton = None
+    if a.poses:
+        from .pose import draw, load_json
+
+        skeleton = torch.from_numpy(draw(load_json(a.poses), frames.shape[2], frames.shape[1])).float() / 255.0
+    s = TrainSettings(**{k: getattr(a, k) for k in asdict(TrainSettings())})
+    res, _ = personalise(bb, frames, s, skeleton=skeleton, save_path=a.out,
+                         resume=load_personalised(a.resume) if a.resume else None,
+                         callback=lambda i, n, l: print(f"step {i}/{n} loss {l:.5f}", flush=True) if i % 10 == 0 or i == n else None)
+    print(f"saved {a.out}: {res.meta['steps']} steps, final loss {res.meta['loss_curve'][-1]:.5f}")
+
+
+if __name__ == "__main__":
+    main()

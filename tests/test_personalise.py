@@ -128,3 +128,19 @@ def test_posecrafter_pipeline_runs_each_step(ad, models_tree):
     assert vis.any()
     with pytest.raises(BadInputError, match="training images have 10 frames but training poses have 3"):
         posecrafter(cn, frames, target, target, PoseCrafterSettings(steps=1))
+
+
+def test_command_line_entry(models_tree, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from performer_pkg.models.personalise import main
+
+    d = tmp_path / "frames"
+    d.mkdir()
+    for i, fr in enumerate(_video(5).numpy()):
+        Image.fromarray((fr * 255).astype(np.uint8)).save(d / f"{i:02d}.png")
+    out = tmp_path / "cli.safetensors"
+    main(["--backbone", models_tree[1]["sd15_file"], "--motion-module", models_tree[1]["mm_file"], "--tokenizer-dir", TOK[0],
+          "--frames", str(d), "--size", str(SIZE), "--out", str(out), "--steps", "2", "--frames-per-step", "4"])
+    assert load_personalised(str(out)).meta["steps"] == 2
