@@ -42,6 +42,8 @@ class TrainSettings:
     target: str = "posecrafter"
     train_pose_controller: bool = False
     train_identity: bool = False
+    train_vae_decoder: bool = False  # DiffPerformer Eq. 2: the decoder also learns to reconstruct the frames
+    vae_lr: float = 1e-5
     holdout: bool = False  # keep every 5th frame out (80/20)
     gradient_checkpointing: bool = True
     prompt: str = ""
@@ -127,6 +129,16 @@ def apply_personalised(bb, p: Personalised):
         for n in names:
             own[n].copy_(p.tensors["unet." + n].to(own[n].device, own[n].dtype))
     parts = {"unet": unet}
+    vsub = {k[len("vae."):]: v for k, v in p.tensors.items() if k.startswith("vae.")}
+    if vsub:
+        vae = clone_module(bb.vae)
+        missing = [k for k in vsub if k not in vae.state_dict()]
+        if missing:
+            raise BadInputError(f"The checkpoint's VAE decoder does not fit this pipe's VAE (no {missing[0]}).")
+        vae.load_state_dict(vsub, strict=False)
+        parts_vae = vae
+    else:
+        parts_vae = None
     for key, attr in (("pose_controller.", "pose_controller"), ("identity.", "identity_adapter")):
         sub = {k[len(key):]: v for k, v in p.tensors.items() if k.startswith(key)}
         if sub:
@@ -136,6 +148,8 @@ def apply_personalised(bb, p: Personalised):
             mod = clone_module(mod)
             mod.load_state_dict(sub)
             parts[attr] = mod
+    if parts_vae is not None:
+        parts["vae"] = parts_vae
     return bb.with_parts(source={"personalised": p.meta.get("name", "")}, **parts)
 
 
@@ -145,12 +159,34 @@ def _frame_split(n: int, holdout: bool):
     return train, held
 
 
-def personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Optional[torch.Tensor] = None,
+def _trainable_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy whose tensors are ordinary (ComfyUI loads models under inference mode; inference tensors
+    cannot take part in autograd)."""
+    from .backbones import clone_module
+
+    m = clone_module(module)
+    with torch.no_grad():
+        for mod in m.modules():
+            for k, p in list(mod._parameters.items()):
+                if p is not None:
+                    mod._parameters[k] = torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+            for k, b in list(mod._buffers.items()):
+                if b is not None:
+                    mod._buffers[k] = b.clone()
+    return m
+
+
+def personalise(*args, **kwargs):
+    """See :func:`_personalise`; runs with gradients on even inside ComfyUI's inference mode."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _personalise(*args, **kwargs)
+
+
+def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Optional[torch.Tensor] = None,
                 callback: Optional[Callable[[int, int, float], None]] = None, save_path: Optional[str] = None,
                 resume: Optional[Personalised] = None):
     """Train; returns (Personalised, personalised pipe).  ``frames``: IMAGE (F, H, W, 3); ``skeleton``: their pose
     maps (needed when the pipe has a ControlNet or the pose controller trains)."""
-    from .backbones import clone_module
     from .pose_controller import maps_to_tensor
     from .sampling import check_size, encode_prompts, encode_video
 
@@ -178,7 +214,7 @@ def personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Opt
     if s.train_identity:
         raise BadInputError("Training the identity adapter needs face embeddings per frame; not supported in this version.")
     dev, dt = bb.device, bb.dtype
-    unet = clone_module(bb.unet).to(dev)
+    unet = _trainable_copy(bb.unet).to(dev)
     names = trainable_names(unet, s.target)
     if resume is not None:
         if resume.meta.get("unet_params") != names or resume.meta.get("base_fingerprint") != base_fingerprint(bb.unet, names):
@@ -192,17 +228,28 @@ def personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Opt
                 params[n].copy_(resume.tensors["unet." + n])
     for n in names:
         params[n].requires_grad_(True)
-    pc = clone_module(bb.pose_controller) if (s.train_pose_controller and bb.pose_controller is not None) else bb.pose_controller
+    pc = _trainable_copy(bb.pose_controller) if (s.train_pose_controller and bb.pose_controller is not None) else bb.pose_controller
     train_params = [params[n] for n in names]
     if s.train_pose_controller and pc is not None:
         pc.requires_grad_(True).train()
         train_params += list(pc.parameters())
+    vae = None
+    if s.train_vae_decoder:
+        vae = _trainable_copy(bb.vae).to(dev)
+        vae.requires_grad_(False)
+        vae.decoder.requires_grad_(True).train()
+        if getattr(vae, "post_quant_conv", None) is not None:
+            vae.post_quant_conv.requires_grad_(True)
+        vae_params = [p for p in vae.parameters() if p.requires_grad]
+        vae_opt = torch.optim.AdamW(vae_params, lr=s.vae_lr, weight_decay=s.weight_decay)
     if s.gradient_checkpointing and hasattr(unet, "enable_gradient_checkpointing"):
         unet.enable_gradient_checkpointing()
     unet.train()
     with torch.no_grad():
-        lat = torch.cat([encode_video(bb, frames[i:i + 8]) for i in range(0, Fr, 8)], 2)  # (1, C, F, h, w), chunked VAE
-        ctx = encode_prompts(bb, [s.prompt])
+        lat = torch.cat([encode_video(bb, frames[i:i + 8]) for i in range(0, Fr, 8)], 2).clone()  # (1, C, F, h, w), chunked VAE
+        ctx = encode_prompts(bb, [s.prompt]).clone()
+    if maps is not None:
+        maps = maps.clone()
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler.from_config(bb.scheduler_config)
@@ -217,6 +264,9 @@ def personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Opt
         tensors = {"unet." + n: params[n].detach().clone().to(bb.dtype) for n in names}
         if s.train_pose_controller and pc is not None:
             tensors.update({"pose_controller." + k: v.detach().clone() for k, v in pc.state_dict().items()})
+        if vae is not None:
+            tensors.update({"vae." + k: v.detach().clone() for k, v in vae.state_dict().items()
+                            if k.startswith(("decoder.", "post_quant_conv."))})
         meta = {"base_fingerprint": fingerprint, "base_source": bb.source.get("backbone", ""),
                 "motion_module": bb.source.get("motion_module", ""), "unet_params": names, "steps": step,
                 "loss_curve": [round(x, 6) for x in losses], "settings": asdict(s), "train_frames": train_idx,
@@ -260,6 +310,16 @@ def personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Opt
             if s.grad_clip:
                 torch.nn.utils.clip_grad_norm_(train_params, s.grad_clip)
             opt.step()
+            if vae is not None:  # reconstruct the picked frames through the decoder (Eq. 2)
+                z = x0[0].permute(1, 0, 2, 3).float() / bb.vae.config.scaling_factor  # (n, C, h, w)
+                rec = vae.decode(z).sample
+                target = frames[idx].permute(0, 3, 1, 2).to(dev, rec.dtype) * 2 - 1
+                vloss = F.l1_loss(rec, target)
+                vae_opt.zero_grad(set_to_none=True)
+                vloss.backward()
+                if s.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(vae_params, s.grad_clip)
+                vae_opt.step()
             losses.append(float(loss.detach()))
             if callback:
                 callback(step, s.steps, losses[-1])
@@ -277,6 +337,8 @@ def personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Opt
     parts = {"unet": unet}
     if s.train_pose_controller and pc is not None:
         parts["pose_controller"] = pc.eval().requires_grad_(False)
+    if vae is not None:
+        parts["vae"] = vae.eval().requires_grad_(False)
     return result, bb.with_parts(source={"personalised": result.meta["name"]}, **parts)
 
 

@@ -37,7 +37,8 @@ def test_object_info_lists_nodes_with_tooltips(host):
             "PerformerDrawPose", "PerformerFitBody", "PerformerLoadBodyParams", "PerformerTransferShape",
             "PerformerRenderBody", "PerformerBodyFlow", "PerformerBodyToPose", "PerformerExtractPoseMediaPipe",
             "PerformerExtractPoseDWPose", "PerformerExtractPoseOpenPose", "PerformerDensePose",
-            "PerformerSelectReferenceFrame", "PerformerFlowPreview"} <= set(nodes)
+            "PerformerSelectReferenceFrame", "PerformerFlowPreview", "PerformerPersonalise", "PerformerLoadPersonalised",
+            "PerformerPoseCrafter"} <= set(nodes)
     for name, n in nodes.items():
         assert name.startswith("Performer") and n["category"].startswith("Performer/"), name
         assert n["description"], name
