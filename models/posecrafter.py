@@ -105,7 +105,7 @@ def posecrafter(bb, train_images: torch.Tensor, train_poses, target_poses, s: Po
         if s.insert:
             tgt_lm = [{r: np.zeros((1, 3)) for r in ("face", "left_hand", "right_hand")}] + tgt_lm  # key frame: no edit
 
-        def hook(i, lat):
+        def _edit(i, lat):
             if i != s.edit_step:
                 return lat
             edited, rep, bx = edit_latents(lat, x_ref[0, :, 0].to(lat.dtype), ref_lm, tgt_lm, f, margin=s.margin)
@@ -113,6 +113,7 @@ def posecrafter(bb, train_images: torch.Tensor, train_poses, target_poses, s: Po
             boxes.extend(bx[off:])
             return edited
 
+        hook = _edit
         if not 0 <= s.edit_step < s.steps:
             raise BadInputError(f"edit_step must be between 0 and {s.steps - 1}; got {s.edit_step}.")
     lat = sample_video(bb, settings, None, skeleton=all_maps, start_latents=start, callback=cb, step_hook=hook)
