@@ -208,14 +208,14 @@ def strength_schedule(ls: LoopSettings) -> List[float]:
 def refine_loop(video: torch.Tensor, regenerate: Callable[[torch.Tensor, float, int], torch.Tensor], ls: LoopSettings,
                 flow: Optional[Dict[str, torch.Tensor]] = None, reference: Optional[torch.Tensor] = None,
                 cfg: IVRConfig = IVRConfig(), callback: Optional[Callable[[int, int], None]] = None,
-                stop_exceptions=()):
+                stop_exceptions=(), device=None):
     """DiffPerformer's loop: V_p ← video; repeat: fit IVR to V_p for ``refresh_every`` steps, V_s = render(IVR),
     V_p = regenerate(V_s, strength, round) (noise V_s's latent to ``strength`` and re-denoise with pose guidance).
 
     Returns (refined V_p, smoothed V_s, previews per refresh, strengths used).  An exception in
     ``stop_exceptions`` raised by ``callback`` stops the loop and returns the best so far."""
     Fr, H, W, _ = video.shape
-    model = IVR(cfg)
+    model = IVR(cfg).to(device or "cpu")
     if reference is not None:
         ref = reference[0] if reference.ndim == 4 else reference
         if tuple(ref.shape[:2]) != (H, W):
@@ -232,7 +232,7 @@ def refine_loop(video: torch.Tensor, regenerate: Callable[[torch.Tensor, float, 
             cb = (lambda i, t, l: callback(i, t)) if callback else None
             opt = fit_ivr(model, vp, n, flow, ls.flow_weight, start_step=step, total_steps=ls.total_steps, callback=cb, optimizer=opt)
             step += n
-            vs = model.render(Fr, H, W)
+            vs = model.render(Fr, H, W)  # on the CPU
             previews.append(vs)
             vp = regenerate(vs, s, r).float()
             used.append(s)

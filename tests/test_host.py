@@ -38,7 +38,7 @@ def test_object_info_lists_nodes_with_tooltips(host):
             "PerformerRenderBody", "PerformerBodyFlow", "PerformerBodyToPose", "PerformerExtractPoseMediaPipe",
             "PerformerExtractPoseDWPose", "PerformerExtractPoseOpenPose", "PerformerDensePose",
             "PerformerSelectReferenceFrame", "PerformerFlowPreview", "PerformerPersonalise", "PerformerLoadPersonalised",
-            "PerformerPoseCrafter"} <= set(nodes)
+            "PerformerPoseCrafter", "PerformerRefineIVR"} <= set(nodes)
     for name, n in nodes.items():
         assert name.startswith("Performer") and n["category"].startswith("Performer/"), name
         assert n["description"], name
