@@ -1,0 +1,175 @@
+"""Video metrics against ground truth (the synthetic performer or any reference video).
+
+Conventions (stated because the TikTok-protocol code differs, see research notes §6):
+
+* ``psnr`` — per frame on 0–255, float64 MSE over all pixels and channels, ``20·log10(255/√MSE)``, 100 when equal;
+  averaged over frames (the DisCo formula).
+* ``ssim`` — skimage SSIM on grey-scale (ITU-R 601 luma), default 7-px window, per frame then averaged (DisCo).
+* ``l1`` — mean absolute error on 0–1 over all pixels and channels (a standard mean L1; DisCo's "L1" additionally
+  divides by H·W, which is why TikTok tables show ~1e-4; we report that too as ``l1_disco``).
+* ``mask_iou`` — IoU of foreground masks (predicted mask = pixels that differ from the known background by more
+  than ``bg_threshold``, unless a predicted mask is given) against the ground-truth mask, averaged over frames.
+* ``face_psnr`` — PSNR inside the ground-truth face box (from the 68 face keypoints, else the head keypoints) + margin.
+* ``warp_error`` — mean |frame_n − warp(frame_{n+1}, true flow)| on valid flow pixels (temporal consistency),
+  with ``warp_error_gt`` for the ground truth itself as the floor.
+* ``flicker`` — mean |Δframe − Δframe_gt| between consecutive frames over all pixels (0–1).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional
+
+import numpy as np
+
+from .errors import BadInputError
+
+
+def _u8(x) -> np.ndarray:
+    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+    if a.dtype != np.uint8:
+        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    return a[..., :3]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 100.0 if mse == 0 else float(20 * np.log10(255.0 / np.sqrt(mse)))
+
+
+def _grey(x):
+    return (0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]).astype(np.float64)
+
+
+def face_box(keypoints: np.ndarray, h: int, w: int, margin: float = 0.15):
+    face = keypoints[23:91]
+    vis = face[:, 2] > 0.3
+    pts = face[vis, :2] if vis.sum() >= 5 else keypoints[:5][keypoints[:5, 2] > 0.3, :2]
+    if len(pts) < 2:
+        return None
+    x0, y0 = pts.min(0)
+    x1, y1 = pts.max(0)
+    m = margin * max(x1 - x0, y1 - y0, 4)
+    x0, y0, x1, y1 = int(max(0, x0 - m)), int(max(0, y0 - m)), int(min(w, np.ceil(x1 + m))), int(min(h, np.ceil(y1 + m)))
+    return (y0, y1, x0, x1) if x1 - x0 >= 2 and y1 - y0 >= 2 else None
+
+
+def warp_error(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray) -> float:
+    import cv2
+
+    F_, H, W, _ = frames.shape
+    gx, gy = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
+    errs = []
+    for n in range(min(F_ - 1, len(flow))):
+        back = cv2.remap(frames[n + 1].astype(np.float32), gx + flow[n, ..., 0], gy + flow[n, ..., 1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE)
+        v = valid[n].astype(bool)
+        if v.any():
+            errs.append(np.abs(back[v] - frames[n].astype(np.float32)[v]).mean() / 255.0)
+    return float(np.mean(errs)) if errs else float("nan")
+
+
+def compute(pred, gt, gt_mask=None, background=None, pred_mask=None, keypoints=None, flow=None, valid=None,
+            bg_threshold: int = 12) -> Dict[str, float]:
+    """Metrics of ``pred`` against ``gt`` (both (F, H, W, 3), uint8 or 0..1).  Optional ground truth enables more."""
+    from skimage.metrics import structural_similarity
+
+    p, g = _u8(pred), _u8(gt)
+    if p.shape != g.shape:
+        raise BadInputError(f"The generated video has shape {p.shape} but the ground truth has {g.shape}; they must match.")
+    if p.shape[0] == 0:
+        raise BadInputError("The videos are empty.")
+    F_, H, W, _ = p.shape
+    out: Dict[str, float] = {"frames": F_, "height": H, "width": W}
+    out["psnr"] = float(np.mean([psnr(p[i], g[i]) for i in range(F_)]))
+    out["ssim"] = float(np.mean([structural_similarity(_grey(p[i]), _grey(g[i]), data_range=255.0) for i in range(F_)]))
+    l1 = np.abs(p.astype(np.float64) - g.astype(np.float64)).mean() / 255.0
+    out["l1"] = float(l1)
+    out["l1_disco"] = float(np.mean([np.abs(p[i].astype(np.float64) - g[i].astype(np.float64)).mean() / 255.0 / (H * W) * 255
+                                     for i in range(F_)]))
+    if gt_mask is not None:
+        gm = np.asarray(gt_mask).astype(bool)
+        if pred_mask is None:
+            if background is None:
+                raise BadInputError("mask IoU needs the predicted mask or the known background.")
+            pm = np.abs(p.astype(np.int16) - _u8(background)[None].astype(np.int16)).max(-1) > bg_threshold
+        else:
+            pm = np.asarray(pred_mask).astype(bool)
+        inter = (pm & gm).sum((1, 2))
+        union = (pm | gm).sum((1, 2))
+        out["mask_iou"] = float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+    if keypoints is not None:
+        vals = []
+        for i in range(F_):
+            b = face_box(keypoints[i], H, W)
+            if b is not None:
+                y0, y1, x0, x1 = b
+                vals.append(psnr(p[i, y0:y1, x0:x1], g[i, y0:y1, x0:x1]))
+        if vals:
+            out["face_psnr"] = float(np.mean(vals))
+    if flow is not None and valid is not None and F_ > 1:
+        out["warp_error"] = warp_error(p, flow, valid)
+        out["warp_error_gt"] = warp_error(g, flow, valid)
+    if F_ > 1:
+        dp = np.diff(p.astype(np.float64), axis=0) / 255.0
+        dg = np.diff(g.astype(np.float64), axis=0) / 255.0
+        out["flicker"] = float(np.abs(dp - dg).mean())
+    return out
+
+
+def contact_sheet(rows: Dict[str, np.ndarray], max_frames: int = 8) -> np.ndarray:
+    """Rows of frames (name -> (F, H, W, 3)) side by side, one row per video, with the row name written in."""
+    import cv2
+
+    lines = []
+    for name, v in rows.items():
+        v = _u8(v)[:max_frames]
+        strip = np.concatenate(list(v), 1).copy()
+        cv2.putText(strip, name[:40], (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+        lines.append(strip)
+    w = max(s.shape[1] for s in lines)
+    return np.concatenate([np.pad(s, ((0, 0), (0, w - s.shape[1]), (0, 0))) for s in lines], 0)
+
+
+def write(metrics: Dict[str, float], path: str, sheet: Optional[np.ndarray] = None) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(metrics, fh, indent=2)
+    if sheet is not None:
+        from PIL import Image
+
+        Image.fromarray(sheet).save(os.path.splitext(path)[0] + ".png")
+
+
+def _load_dir(path: str) -> np.ndarray:
+    from PIL import Image
+
+    files = sorted(f for f in os.listdir(path) if f.lower().endswith((".png", ".jpg", ".jpeg", ".webp")))
+    if not files:
+        raise BadInputError(f"No image files in {path}.")
+    return np.stack([np.asarray(Image.open(os.path.join(path, f)).convert("RGB")) for f in files])
+
+
+def main(argv=None):
+    """``python -m models.metrics --pred DIR --gt DIR [--gt-mask DIR] [--out metrics.json]``"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Video metrics (PSNR, SSIM, L1, mask IoU) of generated frames against ground truth.")
+    ap.add_argument("--pred", required=True)
+    ap.add_argument("--gt", required=True)
+    ap.add_argument("--gt-mask", default="", help="folder of ground-truth mask images (white = person)")
+    ap.add_argument("--pred-mask", default="")
+    ap.add_argument("--out", default="metrics.json")
+    a = ap.parse_args(argv)
+    pred, gt = _load_dir(a.pred), _load_dir(a.gt)
+    gm = _load_dir(a.gt_mask)[..., 0] > 127 if a.gt_mask else None
+    pm = _load_dir(a.pred_mask)[..., 0] > 127 if a.pred_mask else None
+    if gm is not None and pm is None:
+        print("note: mask IoU needs --pred-mask as well; skipped")
+    m = compute(pred, gt, gt_mask=gm if pm is not None else None, pred_mask=pm)
+    write(m, a.out, contact_sheet({"generated": pred, "ground truth": gt}))
+    print(json.dumps(m, indent=2))
+
+
+if __name__ == "__main__":
+    main()
