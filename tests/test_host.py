@@ -38,7 +38,7 @@ def test_object_info_lists_nodes_with_tooltips(host):
             "PerformerRenderBody", "PerformerBodyFlow", "PerformerBodyToPose", "PerformerExtractPoseMediaPipe",
             "PerformerExtractPoseDWPose", "PerformerExtractPoseOpenPose", "PerformerDensePose",
             "PerformerSelectReferenceFrame", "PerformerFlowPreview", "PerformerPersonalise", "PerformerLoadPersonalised",
-            "PerformerPoseCrafter", "PerformerRefineIVR"} <= set(nodes)
+            "PerformerPoseCrafter", "PerformerRefineIVR", "PerformerSyntheticPerformer", "PerformerMetrics"} <= set(nodes)
     for name, n in nodes.items():
         assert name.startswith("Performer") and n["category"].startswith("Performer/"), name
         assert n["description"], name
@@ -225,3 +225,16 @@ def test_body_workflow_bad_inputs(host):
            "2": {"class_type": "PerformerRenderBody", "inputs": {"body": ["1", 0], "width": 0, "height": 0}},
            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "performer/x"}}}
     assert "lack 'global_orient'" in _error_of(host, api)
+
+
+def test_synthetic_performer_and_metrics_nodes(host):
+    """Ground truth against itself: PSNR 100, IoU ~1; the metrics JSON comes back in the node's UI output."""
+    api = {"1": {"class_type": "PerformerSyntheticPerformer", "inputs": {"seed": 1, "character": 2, "motion": "dance", "frames": 4,
+                                                                      "size": 64, "stripes": True, "fps": 8.0}},
+           "2": {"class_type": "PerformerMetrics", "inputs": {"generated": ["1", 0], "ground_truth": ["1", 0], "gt_mask": ["1", 1],
+                                                            "background": ["1", 5], "gt_pose": ["1", 2], "gt_flow": ["1", 4]}},
+           "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 1], "filename_prefix": "performer/metrics_sheet"}}}
+    res = host.run(api, timeout=300)
+    assert res["status"] == "execution_success", res["events"][-1]
+    m = json.loads(res["history"]["outputs"]["2"]["text"][0])
+    assert m["psnr"] == 100.0 and m["mask_iou"] > 0.9 and m["flicker"] == 0.0 and "warp_error" in m and "face_psnr" in m
