@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .errors import BadInputError, BadModelFileError
+from .errors import BadInputError
 
 TARGETS = ("posecrafter", "temporal")
 
@@ -97,17 +97,10 @@ class Personalised:
 
 
 def load_personalised(path: str) -> Personalised:
-    from safetensors import safe_open
+    from .weights import read_performer_file
 
-    try:
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001
-        raise BadModelFileError(f"Could not read personalised weights {path}: {e}") from e
-    if meta.get("performer.kind") != "personalised":
-        raise BadModelFileError(f"{path} is not a Performer personalised checkpoint.")
-    return Personalised(tensors, json.loads(meta["performer.meta"]))
+    meta, tensors = read_performer_file(path, "personalised", "personalised checkpoint", key="performer.meta")
+    return Personalised(tensors, meta)
 
 
 def apply_personalised(bb, p: Personalised):

@@ -89,8 +89,8 @@ def detect_family(sd: Dict[str, torch.Tensor]) -> str:
     raise BadModelFileError("Unrecognised checkpoint: not an SD1.5, SVD, ControlNet or AnimateDiff motion-module file.")
 
 
-def read_performer_file(path: str, kind: str, what: str):
-    """(config, state dict) of a pack-made safetensors file whose metadata says ``performer.kind == kind``."""
+def read_performer_file(path: str, kind: str, what: str, key: str = "performer.config"):
+    """(metadata[key] parsed as JSON, state dict) of a pack-made safetensors file with ``performer.kind == kind``."""
     import json
 
     from safetensors import safe_open
@@ -107,9 +107,9 @@ def read_performer_file(path: str, kind: str, what: str):
         raise BadModelFileError(f"{path} is not a Performer {what} (metadata performer.kind={meta.get('performer.kind')!r}; "
                                 f"expected {kind!r}).")
     try:
-        return json.loads(meta["performer.config"]), sd
+        return json.loads(meta[key]), sd
     except (KeyError, ValueError) as e:
-        raise BadModelFileError(f"{path} has no readable performer.config metadata: {e}") from e
+        raise BadModelFileError(f"{path} has no readable {key} metadata: {e}") from e
 
 
 def write_performer_file(module, path: str, kind: str, config: dict, extra_metadata=None) -> None:

@@ -1,10 +1,8 @@
 """IVR refinement: smoothing a flickering video, the flow loss, and the loop on the tiny AnimateDiff pipe."""
-import os
 
 import pytest
 import torch
 
-import tiny_models as tm
 from performer_pkg.models.ivr import IVR, IVRConfig, LoopSettings, _grid, fit_ivr, refine_loop, strength_schedule, warp_error
 
 SMALL = dict(log2_table_canonical=12, log2_table_deform=12, levels=8, base=4, pixels_per_step=1024)
@@ -63,15 +61,6 @@ def test_flow_loss_makes_corresponding_pixels_share_canonical_points():
 
 class _Stop(Exception):
     pass
-
-
-@pytest.fixture(scope="module")
-def ad(models_tree):
-    from performer_pkg.models import backbones
-
-    tok = [os.path.join(tm.COMFY_DIR, "comfy", "sd1_tokenizer")]
-    return backbones.with_motion_module(backbones.load_sd15(models_tree[1]["sd15_file"], device="cpu", tokenizer_dirs=tok),
-                                        models_tree[1]["mm_file"])
 
 
 def test_loop_regenerates_with_decreasing_strength_and_stops_with_a_video(ad):

@@ -16,12 +16,6 @@ TOK = [os.path.join(tm.COMFY_DIR, "comfy", "sd1_tokenizer")]
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def ad(models_tree):
-    _, P = models_tree
-    return backbones.with_motion_module(backbones.load_sd15(P["sd15_file"], device="cpu", tokenizer_dirs=TOK), P["mm_file"])
-
-
 def _video(n=10, seed=0):
     """A small 'video': a bright square sliding over a textured background."""
     g = torch.Generator().manual_seed(seed)

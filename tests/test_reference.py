@@ -23,12 +23,6 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def ad(models_tree):
-    _, P = models_tree
-    return backbones.with_motion_module(backbones.load_sd15(P["sd15_file"], device="cpu", tokenizer_dirs=TOK), P["mm_file"])
-
-
-@pytest.fixture(scope="module")
 def svd(models_tree):
     return backbones.load_svd(models_tree[1]["svd_file"], device="cpu")
 
