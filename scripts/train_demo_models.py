@@ -50,7 +50,7 @@ def data(seeds=(0, 1), characters=range(6)):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(REPO, "assets", "demo_models"))
-    ap.add_argument("--vae-steps", type=int, default=800)
+    ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
@@ -102,10 +102,10 @@ def main():
 
     text = tiny_models.hf_text_encoder()
     unet2d = UNet2DConditionModel(sample_size=SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
-                                  block_out_channels=(64, 128), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                  block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
                                   attention_head_dim=8, norm_num_groups=32)
-    adapter = MotionAdapter(block_out_channels=(64, 128), motion_layers_per_block=1, motion_num_attention_heads=8,
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=8,
                             motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True)
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     pc = PoseController(latent_channels=4, downsample=4, channels=(16, 32, 64), heads=4)
