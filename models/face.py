@@ -31,12 +31,10 @@ def _cv2():
 
 
 def _to_uint8(image) -> np.ndarray:
-    a = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-    if a.ndim == 4:
-        a = a[0]
-    if a.dtype != np.uint8:
-        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
-    return np.ascontiguousarray(a[..., :3])
+    from .common import to_uint8
+
+    a = to_uint8(image)
+    return a[0] if a.ndim == 4 else a
 
 
 def detect_face(image) -> Optional[Tuple[int, int, int, int]]:
@@ -105,16 +103,11 @@ class ArcFace:
     """ArcFace ONNX model run with onnxruntime (CUDA provider first when available)."""
 
     def __init__(self, path: str):
-        import onnxruntime as ort
+        from .common import onnx_session
 
         if not os.path.isfile(path):
             raise BadModelFileError(f"ArcFace model not found: {path}")
-        avail = ort.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
-        try:
-            self.session = ort.InferenceSession(path, providers=providers)
-        except Exception as e:  # noqa: BLE001
-            raise BadModelFileError(f"Could not load ArcFace ONNX {path}: {e}") from e
+        self.session = onnx_session(path, "ArcFace ONNX")
         inp = self.session.get_inputs()
         out = self.session.get_outputs()
         if len(inp) != 1 or len(out) < 1 or len(inp[0].shape) != 4:

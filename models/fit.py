@@ -84,7 +84,9 @@ def keypoint_targets(pose: PoseSequence, person: int = 0, threshold: float = 0.3
 
 def fit_to_keypoints(*args, **kwargs) -> BodySequence:
     """See :func:`_fit` — run with gradients on even inside ComfyUI's inference mode."""
-    with torch.inference_mode(False), torch.enable_grad():
+    from .common import gradients
+
+    with gradients():
         return _fit(*args, **kwargs)
 
 

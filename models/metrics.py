@@ -22,14 +22,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from .common import to_uint8 as _u8
 from .errors import BadInputError
-
-
-def _u8(x) -> np.ndarray:
-    a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-    if a.dtype != np.uint8:
-        a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
-    return a[..., :3]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

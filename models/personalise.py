@@ -171,7 +171,9 @@ def _trainable_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 def personalise(*args, **kwargs):
     """See :func:`_personalise`; runs with gradients on even inside ComfyUI's inference mode."""
-    with torch.inference_mode(False), torch.enable_grad():
+    from .common import gradients
+
+    with gradients():
         return _personalise(*args, **kwargs)
 
 
@@ -181,7 +183,7 @@ def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Op
     """Train; returns (Personalised, personalised pipe).  ``frames``: IMAGE (F, H, W, 3); ``skeleton``: their pose
     maps (needed when the pipe has a ControlNet or the pose controller trains)."""
     from .pose_controller import maps_to_tensor
-    from .sampling import check_size, encode_prompts, encode_video
+    from .sampling import check_size, controlnet_hint, encode_prompts, encode_video, unet_video
 
     s = settings
     if bb.family != "sd15":
@@ -282,21 +284,15 @@ def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Op
                 if pc is not None and maps is not None:
                     feat = pc({"skeleton": maps[idx].to(dev)}).to(xt.dtype).permute(1, 0, 2, 3)[None]
                     xt = xt + feat
-                flat = xt.permute(0, 2, 1, 3, 4).reshape(n, xt.shape[1], *xt.shape[-2:])
                 extra = {}
                 if bb.controlnet is not None:
                     with torch.no_grad():
-                        hf = 2 ** (len(bb.controlnet.config.conditioning_embedding_out_channels) - 1)
-                        hint = F.interpolate(maps[idx], size=(xt.shape[-2] * hf, xt.shape[-1] * hf), mode="bilinear",
-                                             align_corners=False).to(dev, dt)
+                        flat = xt.permute(0, 2, 1, 3, 4).reshape(n, xt.shape[1], *xt.shape[-2:])
+                        hint = controlnet_hint(bb.controlnet, maps[idx], *xt.shape[-2:]).to(dev, dt)
                         down, mid = bb.controlnet(flat, t, encoder_hidden_states=ctx.repeat_interleave(n, 0),
                                                   controlnet_cond=hint, return_dict=False)
                     extra = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
-                if motion:
-                    pred = unet(xt, t, encoder_hidden_states=ctx.repeat_interleave(n, 0), **extra).sample
-                else:
-                    pred = unet(flat, t, encoder_hidden_states=ctx.repeat_interleave(n, 0), **extra).sample
-                    pred = pred.reshape(1, n, *pred.shape[1:]).permute(0, 2, 1, 3, 4)
+                pred = unet_video(unet, motion, xt, t, ctx.repeat_interleave(n, 0), **extra)
                 loss = F.mse_loss(pred.float(), noise.float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -340,7 +336,7 @@ def eval_loss(bb, frames: torch.Tensor, indices: List[int], seed: int = 123, tim
     """ε-MSE of the pipe on the given frames at fixed timesteps and noise (deterministic; for tests and reports)."""
     from diffusers import DDPMScheduler
 
-    from .sampling import encode_prompts, encode_video
+    from .sampling import encode_prompts, encode_video, unet_video
 
     lat = encode_video(bb, frames[indices])
     ctx = encode_prompts(bb, [prompt])
@@ -352,12 +348,7 @@ def eval_loss(bb, frames: torch.Tensor, indices: List[int], seed: int = 123, tim
         noise = torch.randn(lat.shape, generator=g).to(bb.device, bb.dtype)
         t = torch.tensor([tv], device=bb.device)
         xt = sched.add_noise(lat.to(bb.device, bb.dtype), noise, t)
-        if bb.motion_adapter is not None:
-            pred = bb.unet(xt, t, encoder_hidden_states=ctx.repeat_interleave(n, 0)).sample
-        else:
-            flat = xt.permute(0, 2, 1, 3, 4).reshape(n, xt.shape[1], *xt.shape[-2:])
-            pred = bb.unet(flat, t, encoder_hidden_states=ctx.repeat_interleave(n, 0)).sample
-            pred = pred.reshape(1, n, *pred.shape[1:]).permute(0, 2, 1, 3, 4)
+        pred = unet_video(bb.unet, bb.motion_adapter is not None, xt, t, ctx.repeat_interleave(n, 0))
         tot += F.mse_loss(pred.float(), noise.float()).item()
     return tot / len(timesteps)
 

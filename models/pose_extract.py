@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .common import onnx_session, to_uint8
 from .errors import BadInputError, BadModelFileError, MissingModelError
 from .pose import FACE, LHAND, N_POINTS, RHAND, PoseSequence
 
@@ -44,11 +45,9 @@ def check_frames(frames: np.ndarray, what: str = "images") -> np.ndarray:
                             f"{None if frames is None else tuple(frames.shape)}.")
     if frames.shape[-1] not in (3, 4):
         raise BadInputError(f"{what} must have 3 colour channels; got {frames.shape[-1]}.")
-    if frames.dtype != np.uint8:
-        if not np.isfinite(frames).all():
-            raise BadInputError(f"{what} contain NaN or infinite values.")
-        frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
-    return np.ascontiguousarray(frames[..., :3])
+    if frames.dtype != np.uint8 and not np.isfinite(frames).all():
+        raise BadInputError(f"{what} contain NaN or infinite values.")
+    return to_uint8(frames)
 
 
 class MediaPipeExtractor:
@@ -105,17 +104,6 @@ class MediaPipeExtractor:
 # ----------------------------------------------------------------------------- DWPose (ONNX)
 
 
-def _session(path: str):
-    import onnxruntime as ort
-
-    avail = ort.get_available_providers()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
-    try:
-        return ort.InferenceSession(path, providers=providers)
-    except Exception as e:  # noqa: BLE001
-        raise BadModelFileError(f"Could not load ONNX model {path}: {e}") from e
-
-
 def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list:
     order = scores.argsort()[::-1]
     keep = []
@@ -143,7 +131,7 @@ class DWPoseExtractor:
             if not os.path.isfile(p):
                 raise MissingModelError("performer_pose", [os.path.basename(p)], [os.path.dirname(p)],
                                         f"DWPose {what} not found.")
-        self.det, self.pose = _session(det_path), _session(pose_path)
+        self.det, self.pose = onnx_session(det_path), onnx_session(pose_path)
         di = self.det.get_inputs()[0]
         self.det_size = tuple(int(s) for s in di.shape[2:4]) if all(isinstance(s, int) for s in di.shape[2:4]) else (640, 640)
         pi = self.pose.get_inputs()[0]

@@ -219,11 +219,7 @@ class _Run:
         if bb.controlnet is not None:
             if self.skeleton is None:
                 raise BadInputError("The pipe has a ControlNet but no skeleton maps were given; connect pose maps or remove the ControlNet.")
-            # the ControlNet's hint encoder downsamples by 2^(stages-1): feed maps at latent size × that
-            hf = 2 ** (len(bb.controlnet.config.conditioning_embedding_out_channels) - 1)
-            lh, lw = s.height // bb.vae_scale_factor * hf, s.width // bb.vae_scale_factor * hf
-            self.hint = self.skeleton if self.skeleton.shape[-2:] == (lh, lw) else \
-                torch.nn.functional.interpolate(self.skeleton, size=(lh, lw), mode="bilinear", align_corners=False)
+            self.hint = controlnet_hint(bb.controlnet, self.skeleton, s.height // bb.vae_scale_factor, s.width // bb.vae_scale_factor)
         # identity tokens
         ad = bb.identity_adapter
         id_unc = id_cond = None
@@ -276,21 +272,16 @@ class _Run:
                 gs = self.frame_cfg[idx].to(out.device, out.dtype).view(1, 1, n, 1, 1)
                 out = unc + gs * (cond - unc)
             return out
-        c = xin.shape[1]
         ctx = self.ctx.repeat_interleave(n, 0)
-        flat = xin.permute(0, 2, 1, 3, 4).reshape(rows * n, c, *xin.shape[-2:])
         extra = {}
-        if bb.controlnet is not None and s.controlnet_scale:
+        if bb.controlnet is not None and s.controlnet_scale:  # the 2-D ControlNet sees frames flattened batch-major
+            flat = xin.permute(0, 2, 1, 3, 4).reshape(rows * n, xin.shape[1], *xin.shape[-2:])
             cond_img = self.hint[idx].to(bb.device, bb.dtype).repeat(rows, 1, 1, 1)
             down, mid = bb.controlnet(flat, t, encoder_hidden_states=self.base_ctx.repeat_interleave(n, 0),
                                       controlnet_cond=cond_img, conditioning_scale=float(s.controlnet_scale),
                                       return_dict=False)
             extra = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
-        if self.motion:
-            out = bb.unet(xin, t, encoder_hidden_states=ctx, **extra).sample
-        else:
-            out = bb.unet(flat, t, encoder_hidden_states=ctx, **extra).sample
-            out = out.reshape(rows, n, c, *xin.shape[-2:]).permute(0, 2, 1, 3, 4)
+        out = unet_video(bb.unet, self.motion, xin, t, ctx, **extra)
         if rows == 2:
             unc, cond = out.chunk(2)
             out = unc + s.cfg * (cond - unc)
@@ -314,6 +305,45 @@ class _Run:
             bb.unet(lat[:, :, None], t, encoder_hidden_states=self.ref_ctx)
         else:
             bb.unet(lat, t, encoder_hidden_states=self.ref_ctx)
+
+
+def controlnet_hint(controlnet, maps: torch.Tensor, latent_h: int, latent_w: int) -> torch.Tensor:
+    """Pose maps (N, 3, H, W) at the size the ControlNet expects: its hint encoder downsamples by
+    2^(stages−1), so the latent size times that (the image size for real SD1.5 ControlNets)."""
+    hf = 2 ** (len(controlnet.config.conditioning_embedding_out_channels) - 1)
+    lh, lw = latent_h * hf, latent_w * hf
+    if tuple(maps.shape[-2:]) == (lh, lw):
+        return maps
+    return torch.nn.functional.interpolate(maps, size=(lh, lw), mode="bilinear", align_corners=False)
+
+
+def unet_video(unet, motion: bool, x: torch.Tensor, t, ctx: torch.Tensor, **extra) -> torch.Tensor:
+    """An SD1.5 UNet on video latents (rows, C, F, h, w): a UNetMotionModel takes them as they are; a 2-D UNet gets
+    the frames flattened batch-major ((rows·F), C, h, w).  ``ctx`` has one row per (row, frame)."""
+    if motion:
+        return unet(x, t, encoder_hidden_states=ctx, **extra).sample
+    rows, c, n = x.shape[:3]
+    flat = x.permute(0, 2, 1, 3, 4).reshape(rows * n, c, *x.shape[-2:])
+    out = unet(flat, t, encoder_hidden_states=ctx, **extra).sample
+    return out.reshape(rows, n, c, *x.shape[-2:]).permute(0, 2, 1, 3, 4)
+
+
+@contextlib.contextmanager
+def _attention_patches(bb, s: "VideoSettings", reference, use_reference_attention: bool, ref_state=None):
+    """Identity and reference / key-frame processors for one run (originals restored on exit).
+    Yields (the reference state to hand to ``_Run.predict`` or None, whether the reference pass must run)."""
+    from .identity import identity_attention
+    from .reference_attention import reference_attention
+
+    use_ref = use_reference_attention and reference is not None and s.reference_strength > 0
+    uncond = s.reference_uncond or DEFAULT_REFERENCE_UNCOND[bb.family]
+    patch = use_ref or s.keyframe is not None
+    ref_cm = (reference_attention(bb.unet, s.reference_strength if use_ref else 0.0, uncond, state=ref_state, keyframe=s.keyframe)
+              if patch else contextlib.nullcontext())
+    id_cm = (identity_attention(bb.unet, bb.identity_adapter, s.image_scale, s.face_scale)
+             if bb.identity_adapter is not None else contextlib.nullcontext())
+    with id_cm, ref_cm as st:
+        yield (st if patch else None), use_ref
 
 
 def _check_motion_window(bb, window: int) -> None:
@@ -340,8 +370,7 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
     ``step_hook(i, latents)``: called before step ``i`` (0 = before the first); returns the latents to use
     (PoseCrafter's latent editing at a chosen step).
     """
-    from .identity import identity_attention
-    from .reference_attention import reference_attention, write_reference
+    from .reference_attention import write_reference
     from .windows import plan_windows, window_weights
 
     if bb.family not in ("sd15", "svd"):
@@ -389,35 +418,28 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
         latents = noise.to(bb.device) * sched.init_noise_sigma
     latents = latents.to(bb.dtype)
 
-    use_ref = use_reference_attention and reference is not None and s.reference_strength > 0
     if s.keyframe is not None:
         if len(windows) > 1:
             raise BadInputError("Key-frame attention samples all frames in one window; raise the window to the frame count.")
         if not 0 <= s.keyframe < s.frames:
             raise BadInputError(f"Key frame {s.keyframe} is outside the {s.frames} frames.")
-    uncond = s.reference_uncond or DEFAULT_REFERENCE_UNCOND[bb.family]
-    patch = use_ref or s.keyframe is not None
-    ref_cm = (reference_attention(bb.unet, s.reference_strength if use_ref else 0.0, uncond, state=ref_state, keyframe=s.keyframe)
-              if patch else contextlib.nullcontext())
-    id_cm = (identity_attention(bb.unet, bb.identity_adapter, s.image_scale, s.face_scale)
-             if bb.identity_adapter is not None else contextlib.nullcontext())
     total = len(timesteps) * len(windows)
     done = 0
-    with id_cm, ref_cm as st:
+    with _attention_patches(bb, s, reference, use_reference_attention, ref_state) as (st, use_ref):
         if use_ref:
             write_reference(st, lambda: run.reference_pass(sched))
         for i, t in enumerate(timesteps):
             if step_hook is not None:
                 latents = step_hook(i, latents).to(bb.dtype)
             if len(windows) == 1:
-                pred = run.predict(sched, latents, t, windows[0], st if patch else None)
+                pred = run.predict(sched, latents, t, windows[0], st)
                 done += 1
                 if callback:
                     callback(done, total)
             else:
                 pred = torch.zeros_like(latents)
                 for idx, wt in zip(windows, weights):
-                    out = run.predict(sched, latents[:, :, idx], t, idx, st if patch else None)
+                    out = run.predict(sched, latents[:, :, idx], t, idx, st)
                     pred[:, :, idx] += out * wt.to(out.device, out.dtype).view(1, 1, -1, 1, 1)
                     done += 1
                     if callback:
@@ -442,8 +464,7 @@ def ddim_invert(bb, latents: torch.Tensor, s: VideoSettings, reference: Optional
     """
     from diffusers import DDIMScheduler
 
-    from .identity import identity_attention
-    from .reference_attention import reference_attention, write_reference
+    from .reference_attention import write_reference
 
     if bb.family != "sd15":
         raise BadInputError("DDIM inversion works with AnimateDiff/SD1.5 pipes (SVD samples with EDM).")
@@ -459,14 +480,7 @@ def ddim_invert(bb, latents: torch.Tensor, s: VideoSettings, reference: Optional
     step = sched.config.num_train_timesteps // s.steps
     x = latents.to(bb.device, bb.dtype)
     idx = list(range(s.frames))
-    use_ref = use_reference_attention and reference is not None and s.reference_strength > 0
-    uncond = s.reference_uncond or DEFAULT_REFERENCE_UNCOND[bb.family]
-    patch = use_ref or s.keyframe is not None
-    ref_cm = (reference_attention(bb.unet, s.reference_strength if use_ref else 0.0, uncond, keyframe=s.keyframe)
-              if patch else contextlib.nullcontext())
-    id_cm = (identity_attention(bb.unet, bb.identity_adapter, s.image_scale, s.face_scale)
-             if bb.identity_adapter is not None else contextlib.nullcontext())
-    with id_cm, ref_cm as st:
+    with _attention_patches(bb, s, reference, use_reference_attention) as (st, use_ref):
         if use_ref:
             write_reference(st, lambda: run.reference_pass(sched))
         for i, t in enumerate(ts):
@@ -476,7 +490,7 @@ def ddim_invert(bb, latents: torch.Tensor, s: VideoSettings, reference: Optional
             xd = x.to(torch.float64)
             guess = x
             for _ in range(1 + max(0, int(refine))):
-                eps = run.predict(sched, guess, tt, idx, st if patch else None).to(torch.float64)
+                eps = run.predict(sched, guess, tt, idx, st).to(torch.float64)
                 x0 = (xd - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
                 guess = (a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps).to(bb.dtype)
             x = guess

@@ -82,6 +82,22 @@ def resolve(name: str, kinds: Sequence[str]) -> str:
     raise MissingModelError("/".join(kinds), [name], searched)
 
 
+def input_files(ext: str) -> List[str]:
+    """Files with extension ``ext`` in ComfyUI's input folder (for a file combo)."""
+    d = folder_paths.get_input_directory()
+    return sorted(f for f in os.listdir(d) if f.endswith(ext)) if os.path.isdir(d) else []
+
+
+def input_path(name: str, what: str) -> str:
+    """Full path of a file chosen from ComfyUI's input folder; a clear error naming the folder if it is gone."""
+    from ..models.errors import BadInputError
+
+    path = folder_paths.get_annotated_filepath(name) if name else ""
+    if not name or not os.path.isfile(path):
+        raise BadInputError(f"{what} {name!r} not found in ComfyUI's input folder ({folder_paths.get_input_directory()}).")
+    return path
+
+
 def comfy_tokenizer_dir() -> str:
     import comfy.sd1_clip
 

@@ -1,7 +1,6 @@
 """Body nodes: SMPL-X bodies from poses or files, shape transfer, headless renders, 3D-aware human flow."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import torch
@@ -62,10 +61,9 @@ class PerformerFitBody(io.ComfyNode):
 class PerformerLoadBodyParams(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
+        from ._common import input_files
 
-        d = folder_paths.get_input_directory()
-        files = sorted(f for f in os.listdir(d) if f.endswith(".npz")) if os.path.isdir(d) else []
+        files = input_files(".npz")
         return io.Schema(
             node_id="PerformerLoadBodyParams", display_name="Load SMPL-X Parameters 🎭", category=CAT,
             description="Per-frame SMPL-X parameters from an .npz made by SMPLer-X / 4D-Humans / PyMAF-X style tools "
@@ -82,14 +80,11 @@ class PerformerLoadBodyParams(io.ComfyNode):
 
     @classmethod
     def execute(cls, file, body_model, width, height, fov, fps) -> io.NodeOutput:
-        import folder_paths
-
         from ..models.body import EMBEDDED, Camera, from_estimator
         from ..models.errors import BadInputError
+        from ._common import input_path
 
-        path = folder_paths.get_annotated_filepath(file)
-        if not file or not os.path.isfile(path):
-            raise BadInputError(f"Body parameter file {file!r} not found in ComfyUI's input folder.")
+        path = input_path(file, "Body parameter file")
         try:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}

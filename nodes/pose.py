@@ -51,10 +51,9 @@ class PerformerPoseToKeypoints(io.ComfyNode):
 class PerformerLoadPose(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
+        from ._common import input_files
 
-        files = sorted(f for f in os.listdir(folder_paths.get_input_directory()) if f.endswith(".json")) \
-            if os.path.isdir(folder_paths.get_input_directory()) else []
+        files = input_files(".json")
         return io.Schema(
             node_id="PerformerLoadPose", display_name="Load Pose (JSON) 🎭", category=CAT,
             description="Loads a pose sequence saved as OpenPose JSON (by Save Pose or any OpenPose-JSON tool) from ComfyUI's input folder.",
@@ -64,15 +63,10 @@ class PerformerLoadPose(io.ComfyNode):
 
     @classmethod
     def execute(cls, file) -> io.NodeOutput:
-        import folder_paths
-
-        from ..models.errors import BadInputError
         from ..models.pose import load_json
+        from ._common import input_path
 
-        path = folder_paths.get_annotated_filepath(file)
-        if not file or not os.path.isfile(path):
-            raise BadInputError(f"Pose file {file!r} not found in ComfyUI's input folder ({folder_paths.get_input_directory()}).")
-        return io.NodeOutput(load_json(path))
+        return io.NodeOutput(load_json(input_path(file, "Pose file")))
 
     @classmethod
     def fingerprint_inputs(cls, file):
@@ -178,7 +172,9 @@ class PerformerDrawPose(io.ComfyNode):
 
 
 def _frames(images):
-    return (images[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    from ..models.common import to_uint8
+
+    return to_uint8(images)
 
 
 class PerformerExtractPoseMediaPipe(io.ComfyNode):

@@ -70,7 +70,9 @@ class PerformerRefineIVR(io.ComfyNode):
             lat = sample_video(pipe, s, reference, skeleton=skeleton, smplx=smplx, init_latents=encode_video(pipe, vs))
             return decode_latents(pipe, lat)
 
-        with torch.inference_mode(False), torch.enable_grad():
+        from ..models.common import gradients
+
+        with gradients():
             vp, vs, previews, used = refine_loop(video.float().clone(), regenerate, ls, flow=fl,
                                                  reference=reference.image.clone() if init_from_reference else None,
                                                  cfg=IVRConfig(), callback=progress, stop_exceptions=(mm.InterruptProcessingException,),
