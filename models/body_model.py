@@ -93,7 +93,7 @@ class _Builder:
             ids = []
             for s in range(seg):
                 ang = 2 * math.pi * s / seg
-                rr = (rz if rz is not None else r) * (1 + 0 * t)
+                rr = rz if rz is not None else r
                 p = c + u * r * math.cos(ang) + v * rr * math.sin(ang) * (r / r0 if rz is not None else 1)
                 w = {a: 1.0}
                 if t < 0.15 and parent >= 0:
@@ -262,21 +262,16 @@ def generate() -> Dict[str, np.ndarray]:
         if ids is None:
             raise RuntimeError(f"no regressor vertices for joint {j}")
         Jreg[j, old_to_new[np.asarray(ids)]] = 1.0 / len(ids)
-    # the head band's centroid sits above the head joint: shift the joint's rest position to match exactly
-    # (so J_regressor(v_template) == the skeleton used for skinning)
     # shape space
     axis = np.vstack([np.array(B.axis), np.repeat(J[:1], N_VERTS - n, 0)])[perm]
     part = np.concatenate([np.array(B.part), np.zeros(N_VERTS - n, int)])[perm]
     S = np.zeros((N_VERTS, 3, NUM_BETAS + NUM_EXPR))
     S[:, :, 0] = Vfull * 0.06  # height: +6 % per unit, from the ground (y = 0) up
     S[:, :, 1] = (Vfull - axis) * 0.15 * (part <= 2)[:, None]  # girth
-    limb = (part == 1) | (part == 2) | (part == 3)
-    root = np.where(np.abs(Vfull[:, 0:1]) > 0.15, np.array([[1.0, 0, 0]]), np.array([[0, 1.0, 0]]))
     arm = (part == 1) | ((part == 3) & (Vfull[:, 1] > 1.2))
     leg = (part == 2) | ((part == 3) & (Vfull[:, 1] <= 1.2))
     S[arm, 0, 2] = 0.08 * (Vfull[arm, 0] - np.sign(Vfull[arm, 0]) * 0.18)  # arms longer along x beyond the shoulder
     S[leg, 1, 2] = -0.08 * (0.88 - Vfull[leg, 1])  # legs longer downward below the hip
-    del limb, root
     upper = Vfull[:, 1] > 1.25
     S[upper, 0, 3] = 0.10 * Vfull[upper, 0]  # shoulder width
     hips = (Vfull[:, 1] < 1.1) & (Vfull[:, 1] > 0.7) & (part != 1)

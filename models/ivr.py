@@ -168,22 +168,6 @@ def init_canonical(model: IVR, image: torch.Tensor, steps: int = 200):
         opt.step()
 
 
-def warp_error(video: torch.Tensor, flow: torch.Tensor, valid: torch.Tensor) -> float:
-    """Mean |frame_n − frame_{n+1} warped back with the flow| over valid pixels (frames (F,H,W,3), flow in pixels)."""
-    Fr, H, W, _ = video.shape
-    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32) + 0.5, torch.arange(W, dtype=torch.float32) + 0.5, indexing="ij")
-    errs = []
-    for n in range(Fr - 1):
-        gx = (xs + flow[n, ..., 0]) / W * 2 - 1
-        gy = (ys + flow[n, ..., 1]) / H * 2 - 1
-        back = F.grid_sample(video[n + 1].permute(2, 0, 1)[None].float(), torch.stack([gx, gy], -1)[None], align_corners=False,
-                             mode="bilinear", padding_mode="border")[0].permute(1, 2, 0)
-        v = valid[n].bool()
-        if v.any():
-            errs.append((back[v] - video[n][v].float()).abs().mean())
-    return float(torch.stack(errs).mean()) if errs else 0.0
-
-
 # ----------------------------------------------------------------------------- Algorithm 1
 
 

@@ -48,18 +48,23 @@ def face_box(keypoints: np.ndarray, h: int, w: int, margin: float = 0.15):
     return (y0, y1, x0, x1) if x1 - x0 >= 2 and y1 - y0 >= 2 else None
 
 
-def warp_error(frames: np.ndarray, flow: np.ndarray, valid: np.ndarray) -> float:
+def warp_error(frames, flow, valid) -> float:
+    """Mean |frame_n − frame_{n+1} warped back with the flow (pixels)| over valid pixels, on a 0–1 scale (uint8 frames
+    are divided by 255; float frames are taken as 0–1).  Arrays or CPU tensors."""
     import cv2
 
+    scale = 255.0 if getattr(frames, "dtype", None) == np.uint8 else 1.0
+    frames, flow, valid = (np.asarray(x.detach().cpu() if hasattr(x, "detach") else x) for x in (frames, flow, valid))
     F_, H, W, _ = frames.shape
     gx, gy = np.meshgrid(np.arange(W, dtype=np.float32), np.arange(H, dtype=np.float32))
     errs = []
     for n in range(min(F_ - 1, len(flow))):
-        back = cv2.remap(frames[n + 1].astype(np.float32), gx + flow[n, ..., 0], gy + flow[n, ..., 1], cv2.INTER_LINEAR,
+        back = cv2.remap(frames[n + 1].astype(np.float32), gx + flow[n, ..., 0].astype(np.float32),
+                         gy + flow[n, ..., 1].astype(np.float32), cv2.INTER_LINEAR,
                          borderMode=cv2.BORDER_REPLICATE)
         v = valid[n].astype(bool)
         if v.any():
-            errs.append(np.abs(back[v] - frames[n].astype(np.float32)[v]).mean() / 255.0)
+            errs.append(np.abs(back[v] - frames[n].astype(np.float32)[v]).mean() / scale)
     return float(np.mean(errs)) if errs else float("nan")
 
 

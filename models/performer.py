@@ -84,12 +84,10 @@ def _pose(motion: str, t: np.ndarray, rng) -> Dict[str, np.ndarray]:
 
 
 def _vertex_colours(bm, pal, stripes: bool) -> np.ndarray:
-    from .render import part_labels
 
     v = bm.model.v_template.detach().cpu().numpy()
     W = bm.weights
     j = W.argmax(1)
-    part = part_labels(W)
     col = np.tile(pal["skin"], (len(v), 1)).astype(np.float64)
     torso = np.isin(j, [0, 3, 6, 9, 13, 14, 16, 17]) | ((j == 12) & (v[:, 1] < 1.47))
     col[torso] = pal["shirt"]
@@ -104,7 +102,6 @@ def _vertex_colours(bm, pal, stripes: bool) -> np.ndarray:
     col[head & (v[:, 2] < 0.0) & (v[:, 1] > 1.6)] = pal["hair"]
     col[np.isin(j, [23, 24])] = pal["eyes"]
     col[(j == 22) & (v[:, 2] > 0.05)] = pal["mouth"]
-    del part
     return col
 
 

@@ -369,7 +369,6 @@ def fill_gaps(pose: PoseSequence, max_gap: int = 4, threshold: float = 0.3) -> P
     visible (a person briefly not detected).  Filled points get the lower of the two confidences."""
     k = pose.keypoints.copy()
     vis = k[..., 2] > threshold
-    F = k.shape[0]
     for p in range(k.shape[1]):
         for j in range(N_POINTS):
             idx = np.where(vis[:, p, j])[0]
@@ -379,7 +378,6 @@ def fill_gaps(pose: PoseSequence, max_gap: int = 4, threshold: float = 0.3) -> P
                     t = (np.arange(a + 1, b) - a) / (b - a)
                     k[a + 1:b, p, j, :2] = k[a, p, j, :2] + t[:, None] * (k[b, p, j, :2] - k[a, p, j, :2])
                     k[a + 1:b, p, j, 2] = min(k[a, p, j, 2], k[b, p, j, 2])
-    del F
     return pose.copy(keypoints=k)
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from performer_pkg.models.ivr import IVR, IVRConfig, LoopSettings, _grid, fit_ivr, refine_loop, strength_schedule, warp_error
+from performer_pkg.models.ivr import IVR, IVRConfig, LoopSettings, _grid, fit_ivr, refine_loop, strength_schedule
+from performer_pkg.models.metrics import warp_error
 
 SMALL = dict(log2_table_canonical=12, log2_table_deform=12, levels=8, base=4, pixels_per_step=1024)
 
