@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import BadInputError, BadModelFileError
+from .errors import BadInputError
 from .reference_attention import patched_processors
 
 
@@ -109,15 +109,9 @@ class IdentityAdapter(nn.Module):
 
 
 def load_identity_adapter(path: str, device=None, dtype=torch.float32) -> IdentityAdapter:
-    from .weights import read_performer_file
+    from .weights import load_performer_module
 
-    cfg, sd = read_performer_file(path, "identity_adapter", "identity adapter")
-    ad = IdentityAdapter(**cfg)
-    try:
-        ad.load_state_dict(sd)
-    except RuntimeError as e:
-        raise BadModelFileError(f"Identity adapter {path} does not match its own config: {e}") from e
-    return ad.to(device or "cpu", dtype).eval().requires_grad_(False)
+    return load_performer_module(IdentityAdapter, path, "identity_adapter", "identity adapter", device, dtype)
 
 
 class DecoupledCrossAttnProcessor:

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import BadInputError, BadModelFileError
+from .errors import BadInputError
 
 KINDS = ("skeleton", "smplx")
 
@@ -99,15 +99,9 @@ class PoseController(nn.Module):
 
 
 def load_pose_controller(path: str, device=None, dtype=torch.float32) -> PoseController:
-    from .weights import read_performer_file
+    from .weights import load_performer_module
 
-    cfg, sd = read_performer_file(path, "pose_controller", "pose controller")
-    pc = PoseController(**cfg)
-    try:
-        pc.load_state_dict(sd)
-    except RuntimeError as e:
-        raise BadModelFileError(f"Pose controller {path} does not match its own config: {e}") from e
-    return pc.to(device or "cpu", dtype).eval().requires_grad_(False)
+    return load_performer_module(PoseController, path, "pose_controller", "pose controller", device, dtype)
 
 
 def maps_to_tensor(images: torch.Tensor, height: int, width: int, frames: int, what: str) -> torch.Tensor:

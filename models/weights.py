@@ -121,3 +121,18 @@ def write_performer_file(module, path: str, kind: str, config: dict, extra_metad
     meta = {"performer.kind": kind, "performer.config": json.dumps(config)}
     meta.update(extra_metadata or {})
     save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, path, metadata=meta)
+
+
+def load_performer_module(cls, path: str, kind: str, what: str, device=None, dtype=None):
+    """Build ``cls(**config)`` from a pack-made safetensors file and load its weights (frozen, eval mode)."""
+    import torch
+
+    from .errors import BadModelFileError
+
+    cfg, sd = read_performer_file(path, kind, what)
+    module = cls(**cfg)
+    try:
+        module.load_state_dict(sd)
+    except RuntimeError as e:
+        raise BadModelFileError(f"{what.capitalize()} {path} does not match its own config: {e}") from e
+    return module.to(device or "cpu", dtype or torch.float32).eval().requires_grad_(False)
