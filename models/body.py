@@ -207,6 +207,10 @@ class BodySequence:
         d.update(kw)
         return BodySequence(**d)
 
+    def slice(self, start: int, stop: int) -> "BodySequence":
+        """Frames ``start..stop-1`` (same camera, model and fps)."""
+        return self.copy(**{k: getattr(self, k)[start:stop].copy() for k in PARAM_SIZES})
+
 
 def transfer_shape(driving: BodySequence, reference: BodySequence, ref_frame: int = 0, expression: bool = False) -> BodySequence:
     """VividPose/Champ figure transfer: shape (and optionally expression) from the reference, everything else

@@ -236,3 +236,33 @@ def flow_to_colour(flow: np.ndarray, valid: Optional[np.ndarray] = None, max_mag
     if valid is not None:
         rgb[~valid] = 0
     return rgb
+
+
+def render_sequence(body, bm, width: int, height: int, kinds=("normal", "mask"), callback=None) -> Dict[str, list]:
+    """Render every frame of a ``BodySequence`` with its camera scaled to ``width``×``height``.  Returns lists per
+    kind plus ``_verts`` (camera-space vertices per frame); ``callback(done, total)`` after each frame."""
+    import torch
+
+    cam = body.camera.scaled(width, height)
+    r = Renderer(width, height)
+    out: Dict[str, list] = {k: [] for k in kinds}
+    out["_verts"] = []
+    try:
+        parts = part_labels(bm.weights) if "semantic" in kinds else None
+        for f in range(body.frames):
+            with torch.no_grad():
+                v = bm.forward(body, [f])["vertices"][0].cpu().numpy()
+            o = r.render(cam, v, bm.faces, parts, kinds=kinds)
+            for k in kinds:
+                out[k].append(o[k])
+            out["_verts"].append(v)
+            if callback:
+                callback(f + 1, body.frames)
+    finally:
+        r.close()
+    return out
+
+
+def render_normals(body, bm, width: int, height: int) -> np.ndarray:
+    """(F, H, W, 3) uint8 normal renders — the SMPL-X guidance maps the pose controller's ``smplx`` encoder reads."""
+    return np.stack(render_sequence(body, bm, width, height, kinds=("normal",))["normal"])

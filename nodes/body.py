@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ._common import BODY, CATEGORY, FLOW, POSE, Progress
+from ._common import BODY, CATEGORY, FLOW, POSE, Progress, preview
 
 CAT = f"{CATEGORY}/body"
 EMBEDDED_CHOICE = "embedded (procedural stand-in, not SMPL-X)"
@@ -115,26 +115,10 @@ class PerformerTransferShape(io.ComfyNode):
 
 
 def _render_all(body, width, height, kinds, callback):
-    from ..models.render import Renderer, part_labels
+    from ..models.render import render_sequence
 
     bm = _model_of(body)
-    cam = body.camera.scaled(width, height)
-    r = Renderer(width, height)
-    out = {k: [] for k in kinds}
-    try:
-        parts = part_labels(bm.weights)
-        for f in range(body.frames):
-            with torch.no_grad():
-                v = bm.forward(body, [f])["vertices"][0].cpu().numpy()
-            o = r.render(cam, v, bm.faces, parts, kinds=kinds)
-            for k in kinds:
-                out[k].append(o[k])
-            out.setdefault("_verts", []).append(v)
-            if callback:
-                callback(f + 1, body.frames)
-    finally:
-        r.close()
-    return out, cam, bm
+    return render_sequence(body, bm, width, height, kinds, callback), body.camera.scaled(width, height), bm
 
 
 class PerformerRenderBody(io.ComfyNode):
@@ -165,8 +149,10 @@ class PerformerRenderBody(io.ComfyNode):
         else:
             d = np.zeros_like(depth)
         img = lambda a: torch.from_numpy(np.stack(a)).float() / 255.0  # noqa: E731
-        return io.NodeOutput(img(out["normal"]), torch.from_numpy(np.repeat(d[..., None], 3, -1)).float(), img(out["semantic"]),
-                             torch.from_numpy(np.stack(out["mask"])).float())
+        normal = img(out["normal"])
+        return io.NodeOutput(normal, torch.from_numpy(np.repeat(d[..., None], 3, -1)).float(), img(out["semantic"]),
+                             torch.from_numpy(np.stack(out["mask"])).float(),
+                             ui=preview("body", images=normal, fps=body.fps, label="SMPL-X normals"))
 
 
 class PerformerBodyFlow(io.ComfyNode):
