@@ -134,3 +134,60 @@ class Progress:
 
 DTYPE_INPUT = dict(options=["auto", "fp32", "fp16", "bf16"], default="auto",
                    tooltip="Weights/compute dtype. auto: bf16/fp16 on GPU (per ComfyUI's device checks), fp32 on CPU.")
+
+
+# ---------------------------------------------------------------------------------------------------------- previews
+# What the web extension (web/js/performer.js) draws under a node after it runs.  Custom ``ui`` keys, so the core
+# image preview does not show the same frames twice:
+#   performer_frames  — temp PNGs of (up to PREVIEW_FRAMES, downscaled) frames, played with a scrubber
+#   performer_pose    — whole-body keypoints per frame (pixels of the pose canvas, confidence), drawn over the frames
+#   performer_meta    — fps, label, and for grouped frames (IVR refreshes) the group sizes and labels
+#   performer_metrics — a metrics dict, shown as a compact table
+PREVIEW_FRAMES = 48
+PREVIEW_SIDE = 256
+
+
+def _preview_images(images, prefix: str):
+    import torch
+    import torch.nn.functional as F
+    from comfy_api.latest import ui
+
+    x = images[:PREVIEW_FRAMES].float().clamp(0, 1)
+    h, w = int(x.shape[1]), int(x.shape[2])
+    if max(h, w) > PREVIEW_SIDE:
+        s = PREVIEW_SIDE / max(h, w)
+        x = F.interpolate(x.permute(0, 3, 1, 2), size=(max(1, round(h * s)), max(1, round(w * s))), mode="area").permute(0, 2, 3, 1)
+    with torch.no_grad():
+        return [dict(r) for r in ui.ImageSaveHelper.save_images(x.cpu(), "performer_preview_" + prefix, ui.FolderType.temp, None,
+                                                               compress_level=1)]
+
+
+def pose_json(pose, max_frames: int = PREVIEW_FRAMES) -> dict:
+    """A compact, JSON-safe view of a PERFORMER_POSE (first person) for the browser."""
+    import numpy as np
+
+    k = np.nan_to_num(np.asarray(pose.keypoints[:max_frames, 0], np.float64))
+    return {"width": int(pose.width), "height": int(pose.height), "fps": float(pose.fps), "frames": int(pose.frames),
+            "keypoints": np.round(k, 2).tolist()}
+
+
+def preview(prefix: str, images=None, pose=None, metrics=None, label: str = "", fps: float = 8.0, groups=None) -> dict:
+    """The ``ui`` dict of a node: frames (IMAGE batch or a list of batches = groups), pose overlay, metrics."""
+    out: dict = {}
+    meta = {"label": label, "fps": float(fps)}
+    if images is not None:
+        batches = images if isinstance(images, (list, tuple)) else [images]
+        frames = []
+        for i, b in enumerate(batches):
+            frames += _preview_images(b, f"{prefix}_{i}")
+        out["performer_frames"] = frames
+        if isinstance(images, (list, tuple)):
+            meta["groups"] = [min(int(b.shape[0]), PREVIEW_FRAMES) for b in batches]
+            meta["group_labels"] = list(groups or [f"{i + 1}" for i in range(len(batches))])
+    if pose is not None:
+        out["performer_pose"] = [pose_json(pose)]
+        meta["fps"] = float(pose.fps)
+    if metrics is not None:
+        out["performer_metrics"] = [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()}]
+    out["performer_meta"] = [meta]
+    return out

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ._common import BODY, CATEGORY, FLOW, POSE
+from ._common import BODY, CATEGORY, FLOW, POSE, preview
 
 CAT = f"{CATEGORY}/evaluate"
 
@@ -22,7 +22,8 @@ class PerformerSyntheticPerformer(io.ComfyNode):
             description="Renders a seeded synthetic person (embedded procedural body, textured clothes and face) over a "
                         "static background in a procedural motion, with full ground truth: frames, masks, whole-body "
                         "poses, SMPL-X bodies and the true flow. The same settings always give the same video.",
-            inputs=[io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Sequence seed (motion phase, background)."),
+            inputs=[io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
+                                         tooltip="Sequence seed (motion phase, background)."),
                     io.Int.Input("character", default=0, min=0, max=1000, tooltip="Appearance and body shape."),
                     io.Combo.Input("motion", options=list(MOTIONS), default="wave", tooltip="Procedural motion."),
                     io.Int.Input("frames", default=16, min=1, max=512, tooltip="Number of frames."),
@@ -43,8 +44,10 @@ class PerformerSyntheticPerformer(io.ComfyNode):
 
         g = generate(PerformerSpec(seed=seed, character=character, motion=motion, frames=frames, size=size, stripes=stripes, fps=fps))
         flow = {"flow": torch.from_numpy(g["flow"]), "valid": torch.from_numpy(g["valid"]), "width": size, "height": size}
-        return io.NodeOutput(torch.from_numpy(g["rgb"]).float() / 255.0, torch.from_numpy(g["mask"]).float(), g["pose"], g["body"],
-                             flow, torch.from_numpy(g["background"])[None].float() / 255.0)
+        rgb = torch.from_numpy(g["rgb"]).float() / 255.0
+        return io.NodeOutput(rgb, torch.from_numpy(g["mask"]).float(), g["pose"], g["body"],
+                             flow, torch.from_numpy(g["background"])[None].float() / 255.0,
+                             ui=preview("performer", images=rgb, pose=g["pose"], label="synthetic performer"))
 
 
 class PerformerMetrics(io.ComfyNode):
@@ -83,7 +86,8 @@ class PerformerMetrics(io.ComfyNode):
         m = M.compute(generated, ground_truth, **kw)
         sheet = M.contact_sheet({"generated": generated.cpu().numpy(), "ground truth": ground_truth.cpu().numpy()})
         text = json.dumps(m, indent=1)
-        return io.NodeOutput(text, torch.from_numpy(np.ascontiguousarray(sheet)).float()[None] / 255.0, ui={"text": [text]})
+        return io.NodeOutput(text, torch.from_numpy(np.ascontiguousarray(sheet)).float()[None] / 255.0,
+                             ui={"text": [text], **preview("metrics", metrics=m)})
 
 
 NODES = [PerformerSyntheticPerformer, PerformerMetrics]

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ._common import CATEGORY, PIPE, POSE, Progress
+from ._common import CATEGORY, PIPE, POSE, Progress, preview
 
 CAT = f"{CATEGORY}/personalise"
 
@@ -47,7 +47,8 @@ class PerformerPersonalise(io.ComfyNode):
                     io.Boolean.Input("train_vae_decoder", default=False, tooltip="Also finetune the VAE decoder to reconstruct the frames (DiffPerformer Eq. 2)."),
                     io.Boolean.Input("holdout", default=False, tooltip="Keep every 5th frame out of training (80/20 split)."),
                     io.Boolean.Input("resume", default=False, tooltip="Continue the checkpoint of this name if it exists."),
-                    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Frame/timestep/noise sampling seed.")],
+                    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
+                                 tooltip="Frame/timestep/noise sampling seed.")],
             outputs=[PIPE.Output(display_name="pipe", tooltip="A new pipe with the personalised UNet."),
                      io.String.Output(display_name="checkpoint", tooltip="Path of the saved weights.")],
         )
@@ -147,7 +148,8 @@ class PerformerPoseCrafter(io.ComfyNode):
             print(f"[Performer] PoseCrafter frame {f}: " + "; ".join(f"{k} {v}" for k, v in rep.items()))
         samples = (lat[0].permute(1, 0, 2, 3).float() / pipe.vae.config.scaling_factor).cpu()
         return io.NodeOutput(images, {"samples": samples}, torch.from_numpy(np.ascontiguousarray(prev)).float() / 255.0,
-                             info["reference_frame"])
+                             info["reference_frame"], ui=preview("posecrafter", images=images, fps=target_poses.fps,
+                                                                 label=f"PoseCrafter (training frame {info['reference_frame']})"))
 
 
 NODES = [PerformerPersonalise, PerformerLoadPersonalised, PerformerPoseCrafter]

@@ -6,7 +6,7 @@ import os
 import torch
 from comfy_api.latest import io
 
-from ._common import CATEGORY, POSE, POSE_KEYPOINT, Progress
+from ._common import CATEGORY, POSE, POSE_KEYPOINT, Progress, preview
 
 CAT = f"{CATEGORY}/pose"
 
@@ -66,7 +66,8 @@ class PerformerLoadPose(io.ComfyNode):
         from ..models.pose import load_json
         from ._common import input_path
 
-        return io.NodeOutput(load_json(input_path(file, "Pose file")))
+        pose = load_json(input_path(file, "Pose file"))
+        return io.NodeOutput(pose, ui=preview("pose", pose=pose))
 
     @classmethod
     def fingerprint_inputs(cls, file):
@@ -119,7 +120,8 @@ class PerformerCleanPose(io.ComfyNode):
         from ..models.pose import fill_gaps, one_euro
 
         out = fill_gaps(pose, max_gap) if max_gap else pose.copy()
-        return io.NodeOutput(one_euro(out, min_cutoff, beta) if smooth else out)
+        out = one_euro(out, min_cutoff, beta) if smooth else out
+        return io.NodeOutput(out, ui=preview("pose", pose=out))
 
 
 class PerformerRetargetPose(io.ComfyNode):
@@ -143,7 +145,8 @@ class PerformerRetargetPose(io.ComfyNode):
     def execute(cls, driving, reference, size, keep_translation, person) -> io.NodeOutput:
         from ..models.retarget import retarget
 
-        return io.NodeOutput(retarget(driving, reference, size=size, keep_translation=keep_translation, person=person))
+        out = retarget(driving, reference, size=size, keep_translation=keep_translation, person=person)
+        return io.NodeOutput(out, ui=preview("pose", pose=out))
 
 
 class PerformerDrawPose(io.ComfyNode):
@@ -168,7 +171,8 @@ class PerformerDrawPose(io.ComfyNode):
         from ..models.pose import draw
 
         maps = draw(pose, width or None, height or None, callback=Progress(pose.frames), body=body, hands=hands, face=face, stick_width=stick_width)
-        return io.NodeOutput(torch.from_numpy(maps).float() / 255.0)
+        images = torch.from_numpy(maps).float() / 255.0
+        return io.NodeOutput(images, ui=preview("skeleton", images=images, fps=pose.fps))
 
 
 def _frames(images):
@@ -200,7 +204,8 @@ class PerformerExtractPoseMediaPipe(io.ComfyNode):
 
         ex = MediaPipeExtractor(face=face, hands=hands, min_confidence=min_confidence, video=video)
         pose = CACHE.extract(ex, _frames(images), fps, callback=Progress(images.shape[0]))
-        return io.NodeOutput(require_person(pose, "images"))
+        pose = require_person(pose, "images")
+        return io.NodeOutput(pose, ui=preview("pose", images=images, pose=pose))
 
 
 class PerformerExtractPoseDWPose(io.ComfyNode):
@@ -231,7 +236,8 @@ class PerformerExtractPoseDWPose(io.ComfyNode):
 
         ex = DWPoseExtractor(resolve(detector, ("performer_pose",)), resolve(estimator, ("performer_pose",)), max_people=max_people)
         pose = CACHE.extract(ex, _frames(images), fps, callback=Progress(images.shape[0]))
-        return io.NodeOutput(require_person(pose, "images"))
+        pose = require_person(pose, "images")
+        return io.NodeOutput(pose, ui=preview("pose", images=images, pose=pose))
 
 
 class PerformerExtractPoseOpenPose(io.ComfyNode):
@@ -263,7 +269,8 @@ class PerformerExtractPoseOpenPose(io.ComfyNode):
                                     "OpenPose annotator weights (lllyasviel/Annotators).")
         ex = OpenPoseExtractor(dirs[0], hands=hands, face=face, max_people=max_people)
         pose = CACHE.extract(ex, _frames(images), fps, callback=Progress(images.shape[0]))
-        return io.NodeOutput(require_person(pose, "images"))
+        pose = require_person(pose, "images")
+        return io.NodeOutput(pose, ui=preview("pose", images=images, pose=pose))
 
 
 class PerformerDensePose(io.ComfyNode):

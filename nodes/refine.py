@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ._common import CATEGORY, FLOW, PIPE, REFERENCE, Progress
+from ._common import CATEGORY, FLOW, PIPE, REFERENCE, Progress, preview
 
 CAT = f"{CATEGORY}/refine"
 
@@ -79,7 +79,10 @@ class PerformerRefineIVR(io.ComfyNode):
                                                  device=pipe.device)
         print(f"[Performer] IVR refinement: strengths {['%.2f' % s for s in used]}")
         prev = torch.cat(previews) if previews else vs
-        return io.NodeOutput(vp.clamp(0, 1), vs.clamp(0, 1), prev.clamp(0, 1))
+        groups = [video.float()] + [p.clamp(0, 1) for p in previews] + [vp.clamp(0, 1)]
+        labels = ["input"] + [f"IVR render {i + 1} (then strength {s:.2f})" for i, s in enumerate(used)] + ["refined"]
+        return io.NodeOutput(vp.clamp(0, 1), vs.clamp(0, 1), prev.clamp(0, 1),
+                             ui=preview("ivr", images=groups[:len(labels)], groups=labels, label="IVR refinement loop"))
 
 
 NODES = [PerformerRefineIVR]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ._common import CATEGORY, OPTIONS, PIPE, REFERENCE, Progress
+from ._common import CATEGORY, OPTIONS, PIPE, REFERENCE, Progress, preview
 
 
 class PerformerSampleVideo(io.ComfyNode):
@@ -40,7 +40,7 @@ class PerformerSampleVideo(io.ComfyNode):
         lat = sample_text2video(pipe, prompt, negative, frames, width, height, steps, cfg, seed, callback=Progress(steps))
         images = decode_latents(pipe, lat, chunk=decode_chunk, callback=Progress(frames))
         samples = (lat[0].permute(1, 0, 2, 3).float() / pipe.vae.config.scaling_factor).cpu()
-        return io.NodeOutput(images, {"samples": samples})
+        return io.NodeOutput(images, {"samples": samples}, ui=preview("video", images=images, label="generated"))
 
 
 OPTION_DEFAULTS = dict(window=16, stride=8, scheduler="ddim", reference_strength=1.0, reference_uncond="auto",
@@ -154,7 +154,7 @@ class PerformerAnimate(io.ComfyNode):
         lat = sample_video(pipe, s, reference, skeleton=skeleton, smplx=smplx, init_latents=init, callback=Progress(total))
         images = decode_latents(pipe, lat, chunk=decode_chunk, callback=Progress(frames))
         samples = (lat[0].permute(1, 0, 2, 3).float() / pipe.vae.config.scaling_factor).cpu()
-        return io.NodeOutput(images, {"samples": samples})
+        return io.NodeOutput(images, {"samples": samples}, ui=preview("video", images=images, label="generated"))
 
 
 class PerformerDecode(io.ComfyNode):
@@ -178,7 +178,8 @@ class PerformerDecode(io.ComfyNode):
         from ..models.sampling import decode_latents
 
         lat = (latent["samples"].float() * pipe.vae.config.scaling_factor).permute(1, 0, 2, 3)[None]
-        return io.NodeOutput(decode_latents(pipe, lat, chunk=decode_chunk, callback=Progress(lat.shape[2])))
+        images = decode_latents(pipe, lat, chunk=decode_chunk, callback=Progress(lat.shape[2]))
+        return io.NodeOutput(images, ui=preview("video", images=images, label="decoded"))
 
 
 NODES = [PerformerSampleVideo, PerformerSamplerOptions, PerformerAnimate, PerformerDecode]

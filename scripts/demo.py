@@ -28,13 +28,11 @@ def performer_demo(out):
     """The demo on the model trained on synthetic performers (assets/demo_models, made by
     scripts/train_demo_models.py): animate a held-out performer from its first frame and its poses, with and without
     causal reference attention, and score both against the ground truth."""
+    import tiny_models
+
     models = os.path.join(out, "models_trained")
     shutil.rmtree(models, ignore_errors=True)
-    shutil.copytree(os.path.join(DEMO_MODELS, "sd15"), os.path.join(models, "diffusers", "performer_demo_sd15"))
-    shutil.copytree(os.path.join(DEMO_MODELS, "motion_adapter"), os.path.join(models, "animatediff_models", "performer_demo_motion_adapter"))
-    os.makedirs(os.path.join(models, "performer", "adapters"))
-    shutil.copy(os.path.join(DEMO_MODELS, "pose_controller.safetensors"),
-                os.path.join(models, "performer", "adapters", "performer_demo_pose_controller.safetensors"))
+    tiny_models.add_demo_models(models)
     with open(os.path.join(REPO, "tests", "workflows", "performer_demo_synthetic.api.json")) as fh:
         prompt = json.load(fh)
     plain = json.loads(json.dumps(prompt))

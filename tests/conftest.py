@@ -29,6 +29,7 @@ def models_tree(tmp_path_factory):
 
     root = str(tmp_path_factory.mktemp("models"))
     paths = tiny_models.build_models_tree(root)
+    tiny_models.add_demo_models(root)  # the demo workflow's small trained model
     return root, {k: os.path.join(root, v) for k, v in paths.items()}
 
 

@@ -394,3 +394,18 @@ def dwpose_onnx_pair(root: str, frame_size: int = 256):
         fh.write(_const_graph("tiny_rtmpose", [("input", ["batch", 3, 384, 288])],
                               [("simcc_x", ["batch", 133, 576]), ("simcc_y", ["batch", 133, 768])], [sx, sy]))
     return {"dw_det": "performer/pose/yolox_l.onnx", "dw_pose": "performer/pose/dw-ll_ucoco_384.onnx"}
+
+
+DEMO_MODELS = os.path.join(REPO, "assets", "demo_models")
+
+
+def add_demo_models(root: str) -> None:
+    """Lay the shipped demo model (assets/demo_models, scripts/train_demo_models.py) into a ComfyUI models tree under
+    the names the demo workflow uses."""
+    for src, dst in (("sd15", os.path.join("diffusers", "performer_demo_sd15")),
+                     ("motion_adapter", os.path.join("animatediff_models", "performer_demo_motion_adapter"))):
+        shutil.rmtree(os.path.join(root, dst), ignore_errors=True)
+        shutil.copytree(os.path.join(DEMO_MODELS, src), os.path.join(root, dst))
+    os.makedirs(os.path.join(root, "performer", "adapters"), exist_ok=True)
+    shutil.copy(os.path.join(DEMO_MODELS, "pose_controller.safetensors"),
+                os.path.join(root, "performer", "adapters", "performer_demo_pose_controller.safetensors"))

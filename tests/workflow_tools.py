@@ -25,11 +25,24 @@ def _is_widget(t) -> bool:
     return isinstance(t, list) or t in WIDGET_TYPES
 
 
+VIRTUAL_NODES = {"Note", "MarkdownNote"}  # frontend-only: never part of the API prompt
+PREVIEW_HEIGHT = 270  # the web extension's preview widget under a node
+
+
+def preview_types() -> set:
+    """The node types the web extension gives a preview widget (PREVIEW_TYPES in web/js/performer.js)."""
+    import os
+    import re
+
+    js = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web", "js", "performer.js")).read()
+    return set(re.findall(r'"(Performer\w+)"', re.search(r"PREVIEW_TYPES = new Set\(\[(.*?)\]\)", js, re.S).group(1)))
+
+
 def ui_to_api(ui: Dict[str, Any], object_info: Dict[str, Any]) -> Dict[str, Any]:
     links = {l[0]: l for l in ui["links"]}
     api = {}
     for node in ui["nodes"]:
-        if node.get("mode", 0) != 0:
+        if node.get("mode", 0) != 0 or node["type"] in VIRTUAL_NODES:
             continue
         info = object_info[node["type"]]
         inputs: Dict[str, Any] = {}
@@ -49,8 +62,10 @@ def ui_to_api(ui: Dict[str, Any], object_info: Dict[str, Any]) -> Dict[str, Any]
     return api
 
 
-def api_to_ui(api: Dict[str, Any], object_info: Dict[str, Any], titles: Dict[str, str] | None = None) -> Dict[str, Any]:
-    """Lay the graph out left to right by dependency depth."""
+def api_to_ui(api: Dict[str, Any], object_info: Dict[str, Any], titles: Dict[str, str] | None = None,
+              note: str | None = None) -> Dict[str, Any]:
+    """Lay the graph out left to right by dependency depth, one titled group per column (named after the stages of
+    its nodes' categories), with an optional Note node above (frontend-only, not part of the API prompt)."""
     depth: Dict[str, int] = {}
 
     def d(nid):
@@ -62,6 +77,7 @@ def api_to_ui(api: Dict[str, Any], object_info: Dict[str, Any], titles: Dict[str
     for nid in api:
         d(nid)
     nodes, links, col_y = [], [], {}
+    previews = preview_types()
     out_links: Dict[Tuple[str, int], List[int]] = {}
     for nid in sorted(api, key=int):
         node = api[nid]
@@ -79,9 +95,11 @@ def api_to_ui(api: Dict[str, Any], object_info: Dict[str, Any], titles: Dict[str
                 if opts.get("control_after_generate"):
                     widgets.append("fixed")
         c = depth[nid]
-        y = col_y.get(c, 40)
-        col_y[c] = y + 60 + 30 * (len(widgets) + len(slots))
-        nodes.append({"id": int(nid), "type": node["class_type"], "pos": [40 + 340 * c, y], "size": [300, 40 + 26 * (len(widgets) + len(slots))],
+        y = col_y.get(c, 300 if note else 80)
+        extra = PREVIEW_HEIGHT if node["class_type"] in previews else 0
+        col_y[c] = y + 60 + 30 * (len(widgets) + len(slots)) + extra
+        nodes.append({"id": int(nid), "type": node["class_type"], "pos": [40 + 340 * c, y],
+                      "size": [300, 40 + 26 * (len(widgets) + len(slots)) + extra],
                       "flags": {}, "order": depth[nid], "mode": 0, "inputs": slots,
                       "outputs": [{"name": n, "type": t, "links": []} for n, t in zip(info["output_name"], info["output"])],
                       "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets,
@@ -91,6 +109,27 @@ def api_to_ui(api: Dict[str, Any], object_info: Dict[str, Any], titles: Dict[str
             o["links"] = out_links.get((str(n["id"]), i), [])
     for l in links:
         l[5] = l[5] if isinstance(l[5], str) else "COMBO"
-    return {"id": "00000000-0000-4000-8000-000000000000", "revision": 0, "last_node_id": max(int(k) for k in api),
-            "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [], "config": {},
+    groups = []
+    stage = {"io": "load models", "reference": "reference", "pose": "pose", "body": "body", "sampling": "sample",
+             "personalise": "personalise", "refine": "refine", "evaluate": "evaluate"}
+    for c in sorted(set(depth.values())):
+        members = [n for n in nodes if depth[str(n["id"])] == c]
+        cats = []
+        for n in members:
+            cat = object_info[n["type"]].get("category", "")
+            last = cat.split("/")[-1] if cat.startswith("Performer") else ("inputs" if "Load" in n["type"] else "outputs")
+            name = stage.get(last, last)
+            if name not in cats:
+                cats.append(name)
+        x0 = min(n["pos"][0] for n in members) - 10
+        y0 = min(n["pos"][1] for n in members) - 40
+        y1 = max(n["pos"][1] + n["size"][1] for n in members) + 20
+        groups.append({"id": len(groups) + 1, "title": f"{c + 1} · " + ", ".join(cats), "bounding": [x0, y0, 320, y1 - y0],
+                       "color": "#3f789e", "font_size": 20, "flags": {}})
+    if note:
+        nodes.append({"id": max(int(k) for k in api) + 1, "type": "Note", "pos": [40, 20], "size": [660, 220], "flags": {},
+                      "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                      "widgets_values": [note], "color": "#432", "bgcolor": "#653"})
+    return {"id": "00000000-0000-4000-8000-000000000000", "revision": 0, "last_node_id": max(n["id"] for n in nodes),
+            "last_link_id": len(links), "nodes": nodes, "links": links, "groups": groups, "config": {},
             "extra": {"ds": {"scale": 1, "offset": [0, 0]}}, "version": 0.4}

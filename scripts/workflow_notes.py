@@ -1,0 +1,47 @@
+"""What each bundled workflow's note says (scripts/api_to_ui.py puts it on the canvas as a Note node)."""
+
+MODELS_SD15 = ("Models: pick your own files in the loaders. Backbone: an SD1.5 checkpoint in models/checkpoints "
+               "(e.g. v1-5-pruned-emaonly.safetensors) or a diffusers folder in models/diffusers. Motion module: "
+               "mm_sd_v15_v2.ckpt (or a diffusers MotionAdapter folder) in models/animatediff_models.")
+
+NOTES = {
+    "performer_animatediff_reference_controlnet": (
+        "Photo → AnimateDiff + causal reference attention (SCD) + ControlNet openpose.\n\n" + MODELS_SD15 +
+        " ControlNet: control_v11p_sd15_openpose.pth/.safetensors in models/controlnet.\n\n"
+        "Change: the reference photo (Load Image), the driving skeleton frames, frames/steps/cfg on Animate. "
+        "Sampler Options sets the reference strength, windows (16/8) and the CFG handling of the reference."),
+    "performer_svd_posecontroller_identity": (
+        "Photo → Stable Video Diffusion + VividPose pose controller + identity (CLIP + ArcFace).\n\n"
+        "Models: an SVD checkpoint (svd_xt.safetensors) in models/checkpoints; a pose controller and an identity "
+        "adapter trained with this pack in models/performer/adapters; CLIP vision in models/clip_vision; an ArcFace "
+        "ONNX file (e.g. w600k_r50.onnx) in models/performer/face.\n\n"
+        "Change: the reference photo, the skeleton frames (and SMPL-X renders, if you have them), frames and steps."),
+    "performer_pose_extract_retarget": (
+        "Photo + driving video → whole-body poses (MediaPipe, offline) → cleaned, retargeted to the reference's "
+        "proportions → skeleton maps.\n\nNo model files needed: MediaPipe's models ship in its wheel. "
+        "Click a joint in a preview to read its name and confidence; drag the scrubber to move through frames."),
+    "performer_pose_retarget": (
+        "Saved poses (OpenPose JSON or the pack's pose JSON, in ComfyUI/input) → clean → retarget → skeleton maps "
+        "and a saved pose file.\n\nChange: the two pose files; Retarget's size (reference or driving canvas)."),
+    "performer_body_from_poses": (
+        "Poses → SMPL-X bodies fitted by optimisation → the reference person's shape → renders and 3D human flow.\n\n"
+        "Body model: SMPLX_NEUTRAL.npz in models/performer/body (or the embedded procedural stand-in, not SMPL-X)."),
+    "performer_posecrafter_personalise": (
+        "PoseCrafter, one-shot: personalise the motion/key-frame attention on ~8 frames of one video, then animate "
+        "new poses with reference-frame selection, inversion, key-frame insertion and latent face/hand editing.\n\n"
+        + MODELS_SD15 + " ControlNet openpose in models/controlnet.\n\n"
+        "Change: the training video, Personalise's steps (300 is the paper's setting; the workflow uses a few), the target poses."),
+    "performer_ivr_refine": (
+        "DiffPerformer: animate, then refine with an implicit video representation (hash-grid canonical + deformation "
+        "field) and the loop re-noise → re-denoise → refit, with the 3D-aware human flow of the fitted bodies.\n\n"
+        + MODELS_SD15 + "\n\nChange: total IVR steps, refresh interval and noise strengths on Refine (IVR). "
+        "The preview shows every refresh; pick one in its list."),
+    "performer_demo_synthetic": (
+        "The demo (make demo): a held-out synthetic performer (the pack generates it, with ground truth) animated from its "
+        "first frame and its poses by the small model trained on other performers, then scored against the ground "
+        "truth (PSNR, SSIM, mask IoU, face PSNR, warping error with the true flow, flicker).\n\n"
+        "Models: assets/demo_models of this repository, copied by make demo into diffusers/, animatediff_models/ and "
+        "performer/adapters/. Change the performer's seed, character or motion to get unseen sequences."),
+    "performer_text2video_smoke": (
+        "The smallest check that a pipe loads and samples: text → AnimateDiff video, no reference.\n\n" + MODELS_SD15),
+}
