@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tiny_models as tm
-from performer_pkg.models import backbones, convert_svd
+from performer_pkg.models import backbones
 from performer_pkg.models.errors import BadModelFileError, MissingModelError
 from performer_pkg.models.weights import find_weight, read_state_dict
 
