@@ -1,6 +1,6 @@
 """Train the demo's tiny pose-conditioned AnimateDiff-style model on synthetic performer videos (CPU, minutes).
 
-    .venv/bin/python scripts/train_demo_models.py [--out assets/demo_models] [--steps 1500] [--seed 0]
+    .venv/bin/python scripts/train_demo_models.py [--out assets/demo_models] [--steps 4000] [--seed 0]
 
 What it writes (real diffusers classes, in the layouts the pack's loaders read):
   sd15/                 a diffusers SD1.5-style folder: unet/ (UNet2DConditionModel), vae/ (AutoencoderKL, 4× downscale),
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -37,22 +38,27 @@ def data(seeds=(0, 1), characters=range(6)):
     from performer_pkg.models.performer import MOTIONS, PerformerSpec, generate
     from performer_pkg.models.pose import draw
 
-    vids, maps = [], []
+    from performer_pkg.models.body import get_body_model
+    from performer_pkg.models.render import render_normals
+
+    vids, maps, normals = [], [], []
     for s in seeds:
         for c in characters:
             for m in MOTIONS:
                 g = generate(PerformerSpec(seed=s, character=c, motion=m, frames=FRAMES, size=SIZE))
                 vids.append(g["rgb"])
                 maps.append(draw(g["pose"], SIZE, SIZE, stick_width=1))
-    return np.stack(vids), np.stack(maps)
+                normals.append(render_normals(g["body"], get_body_model(), SIZE, SIZE))
+    return np.stack(vids), np.stack(maps), np.stack(normals)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(REPO, "assets", "demo_models"))
     ap.add_argument("--vae-steps", type=int, default=600)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the UNet stage (cosine decay to 0)")
     a = ap.parse_args()
     import pack_alias
 
@@ -70,9 +76,10 @@ def main():
     torch.manual_seed(a.seed)
     g = torch.Generator().manual_seed(a.seed)
     t0 = time.time()
-    vids, maps = data()
+    vids, maps, normals = data()
     V = torch.from_numpy(vids).float() / 255.0  # (N, F, H, W, 3)
     M = torch.from_numpy(maps).float() / 255.0
+    S = torch.from_numpy(normals).float() / 255.0  # SMPL-X normal renders (the performer's own shape)
     N = V.shape[0]
     print(f"data: {N} sequences in {time.time() - t0:.1f}s", flush=True)
 
@@ -107,8 +114,8 @@ def main():
                                   attention_head_dim=8, norm_num_groups=32)
     adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=8,
                             motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True)
-    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     pc = PoseController(latent_channels=4, downsample=4, channels=(16, 32, 64), heads=4)
+    unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     sched_cfg = dict(DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                                    set_alpha_to_one=False, steps_offset=1).config)
     ddpm = DDPMScheduler.from_config(sched_cfg)
@@ -118,7 +125,9 @@ def main():
         tok = torch.tensor([[49406, 49407] + [49407] * 75])
         ctx = text(tok)[0]
     params = list(unet.parameters()) + list(pc.parameters())
-    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(i, a.steps) / a.steps)))
     unet.train()
     clip = 8
     for i in range(a.steps):
@@ -130,7 +139,13 @@ def main():
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, 1000, (1,), generator=g)
         xt = ddpm.add_noise(x0, noise, t)
-        feat = pc({"skeleton": M[n, s0:s0 + clip].permute(0, 3, 1, 2)}).permute(1, 0, 2, 3)[None]
+        # each guidance kind is dropped 25 % of the time, so either alone and both together work at sampling time
+        keep_sk, keep_sm = (torch.rand(2, generator=g) > 0.25).tolist()
+        if not (keep_sk or keep_sm):
+            keep_sk = True
+        guide = {"skeleton": M[n, s0:s0 + clip].permute(0, 3, 1, 2) if keep_sk else None,
+                 "smplx": S[n, s0:s0 + clip].permute(0, 3, 1, 2) if keep_sm else None}
+        feat = pc(guide).permute(1, 0, 2, 3)[None]
         use_ref = bool(torch.rand(1, generator=g) > 0.1)  # 10 % without reference (CFG-style dropout)
         with reference_attention(unet, uncond="keep") as st:
             if use_ref:
@@ -144,6 +159,7 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
         if i % 100 == 0 or i == a.steps - 1:
             print(f"unet {i} {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
     unet.eval()
@@ -173,9 +189,9 @@ def main():
     assert not missing, missing[:3]
     ad_out.save_pretrained(os.path.join(out, "motion_adapter"))
     pc.save(os.path.join(out, "pose_controller.safetensors"))
-    log = {"seed": a.seed, "size": SIZE, "frames": FRAMES, "sequences": N, "vae_steps": a.vae_steps, "steps": a.steps,
+    log = {"seed": a.seed, "size": SIZE, "frames": FRAMES, "sequences": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr, "lr_schedule": "100-step warm-up, cosine to 0",
            "vae_final_l1": round(vae_loss, 4), "unet_final_loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1),
-           "train_data": "performer seeds 0-1, characters 0-5, all motions"}
+           "train_data": "performer seeds 0-1, characters 0-5, all motions; skeleton and SMPL-X normal renders (each dropped 25 %)"}
     with open(os.path.join(out, "train_log.json"), "w") as fh:
         json.dump(log, fh, indent=1)
     print(json.dumps(log), flush=True)
