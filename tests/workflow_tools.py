@@ -96,7 +96,7 @@ def api_to_ui(api: Dict[str, Any], object_info: Dict[str, Any], titles: Dict[str
                     widgets.append("fixed")
         c = depth[nid]
         y = col_y.get(c, 300 if note else 80)
-        extra = PREVIEW_HEIGHT if node["class_type"] in previews else 0
+        extra = PREVIEW_HEIGHT if node["class_type"] in previews or node["class_type"] == "LoadImage" else 0
         col_y[c] = y + 60 + 30 * (len(widgets) + len(slots)) + extra
         nodes.append({"id": int(nid), "type": node["class_type"], "pos": [40 + 340 * c, y],
                       "size": [300, 40 + 26 * (len(widgets) + len(slots)) + extra],

@@ -63,6 +63,9 @@ try {
     }
   });
 
+  // toasts (e.g. the "Prefer the legacy design?" offer) would cover part of the screenshots
+  const closeToasts = () => page.locator(".p-toast-close-button").evaluateAll((bs) => bs.forEach((b) => b.click())).catch(() => {});
+
   const openTemplates = async () => {
     await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.BrowseTemplates"));
     const dialog = page.getByRole("dialog");
@@ -172,7 +175,10 @@ try {
       window.app.canvas.deselectAll();
       window.app.extensionManager.command.execute("Comfy.Canvas.FitView");
     });
-    await page.waitForTimeout(1000);
+    await closeToasts();
+    await page.waitForTimeout(500);
+    await closeToasts();  // closing one toast can bring up another
+    await page.waitForTimeout(800);
     await page.screenshot({ path: path.join(cfg.out, `${name}.png`) });
     // The frontend's own UI→API conversion of the UI file (loaded directly, not through the template browser).
     await page.evaluate(async (g) => { await window.app.loadGraphData(g); }, ui);
