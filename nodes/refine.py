@@ -79,10 +79,12 @@ class PerformerRefineIVR(io.ComfyNode):
                                                  device=pipe.device)
         print(f"[Performer] IVR refinement: strengths {['%.2f' % s for s in used]}")
         prev = torch.cat(previews) if previews else vs
+        # a stop can leave one more IVR render than re-generations: label each render with its strength if it had one
         groups = [video.float()] + [p.clamp(0, 1) for p in previews] + [vp.clamp(0, 1)]
-        labels = ["input"] + [f"IVR render {i + 1} (then strength {s:.2f})" for i, s in enumerate(used)] + ["refined"]
+        labels = (["input"] + [f"IVR render {i + 1}" + (f" (then strength {used[i]:.2f})" if i < len(used) else "")
+                               for i in range(len(previews))] + ["refined"])
         return io.NodeOutput(vp.clamp(0, 1), vs.clamp(0, 1), prev.clamp(0, 1),
-                             ui=preview("ivr", images=groups[:len(labels)], groups=labels, label="IVR refinement loop"))
+                             ui=preview("ivr", images=groups, groups=labels, label="IVR refinement loop"))
 
 
 NODES = [PerformerRefineIVR]
