@@ -176,14 +176,12 @@ def preview(prefix: str, images=None, pose=None, metrics=None, label: str = "", 
     out: dict = {}
     meta = {"label": label, "fps": float(fps)}
     if images is not None:
-        batches = images if isinstance(images, (list, tuple)) else [images]
-        frames = []
-        for i, b in enumerate(batches):
-            frames += _preview_images(b, f"{prefix}_{i}")
-        out["performer_frames"] = frames
-        if isinstance(images, (list, tuple)):
-            meta["groups"] = [min(int(b.shape[0]), PREVIEW_FRAMES) for b in batches]
-            meta["group_labels"] = list(groups or [f"{i + 1}" for i in range(len(batches))])
+        grouped = isinstance(images, (list, tuple))
+        saved = [_preview_images(b, f"{prefix}_{i}") for i, b in enumerate(images if grouped else [images])]
+        out["performer_frames"] = [f for batch in saved for f in batch]
+        if grouped:
+            meta["groups"] = [len(batch) for batch in saved]
+            meta["group_labels"] = list(groups or [f"{i + 1}" for i in range(len(saved))])
     if pose is not None:
         out["performer_pose"] = [pose_json(pose)]
         meta["fps"] = float(pose.fps)

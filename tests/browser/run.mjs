@@ -134,9 +134,6 @@ try {
       return { node: el.dataset.nodeId, frames: Number(el.dataset.frames ?? 0), canvas: c ? [c.width, c.height] : null,
                visible: !!(el.offsetWidth && el.offsetHeight), metricsRows: el.querySelectorAll(".performer-metrics tr").length };
     }));
-    r.players = await page.evaluate(() => window.app.graph.nodes.filter((n) => n.performerPlayer).map((n) => ({
-      node: String(n.id), connected: n.performerPlayer.root.isConnected, frames: n.performerPlayer.count(),
-      widget: !!n.widgets?.find((w) => w.name === "performer_preview") })));
 
     // Interaction on the first preview that carries a pose: scrub to the last frame, click a joint.
     const target = await page.evaluate(() => {
@@ -167,8 +164,6 @@ try {
                  inView: b.width > 0 && b.height > 0 };
       }, target);
       await page.mouse.click(pt.x, pt.y);
-      if (process.env.PERFORMER_DEBUG) await page.screenshot({ path: path.join(cfg.out, `${name}_click.png`) });
-      r.clickPoint = pt;
       r.jointClick = { expected: pt.i, shown: await page.locator(`${sel} .performer-joint`).innerText() };
     }
     await page.evaluate(() => {
