@@ -1,0 +1,61 @@
+"""The reference-sampling benchmarks still run (smoke runs at toy sizes; speed itself is for benchmarks/, not tests).
+
+Each script runs as a subprocess, as a user would run it, writing into a temporary BENCH_OUT folder so the results
+in out/benchmarks are left alone; the checks are on what the script reports."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(tmp_path, script, *args):
+    log = tmp_path / "netguard.log"
+    env = {**os.environ, "BENCH_OUT": str(tmp_path), "BENCH_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.path.join(REPO, "tests", "netguard"), "PERFORMER_NETGUARD_LOG": str(log)}
+    p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", script), *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert not log.exists(), log.read_text()  # offline: no connection attempt at all
+    return p
+
+
+def _result(tmp_path, name):
+    with open(tmp_path / f"{name}.json") as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("backbone", ["animatediff", "svd"])
+def test_reference_overhead_runs_one_reference_pass(tmp_path, backbone):
+    _run(tmp_path, "reference_overhead.py", "--backbone", backbone, "--frames", "2", "--steps", "2", "--repeats", "1",
+         "--size", "16")
+    r = _result(tmp_path, f"reference_overhead_{backbone}")
+    assert r["reference_passes_per_run"] == 1.0  # once per run, not once per step
+    assert r["plain_s"] > 0 and r["reference_s"] > 0
+    t = {k: statistics.median(v) for k, v in r["all_times"].items()}
+    assert r["ratio"] == round(t["reference"] / t["plain"], 3)
+    assert (r["frames"], r["steps"], r["size"], r["realsize"]) == (2, 2, 16, False)
+
+
+def test_gpu_realsize_tiny_smoke(tmp_path):
+    _run(tmp_path, "gpu_realsize.py", "--tiny")
+    r = _result(tmp_path, "gpu_realsize_tiny")
+    assert r["device"] == "cpu" and r["tiny"]
+    for backbone in ("animatediff", "svd"):
+        res = r["results"][backbone]
+        assert res["plain"]["seconds"] > 0 and res["reference"]["seconds"] > 0 and res["decode_s_per_frame"] > 0
+        assert res["reference_ratio"] == round(res["reference"]["seconds"] / res["plain"]["seconds"], 3)
+
+
+def test_attention_heads_reports_every_head_width(tmp_path):
+    _run(tmp_path, "attention_heads.py", "--tokens", "32", "--batch", "2", "--repeats", "1")
+    r = _result(tmp_path, "attention_heads")
+    assert sorted(r["results"]) == ["head_dim_16", "head_dim_4", "head_dim_40", "head_dim_8"]
+    for row in r["results"].values():
+        assert row["plain"]["ms"] > 0 and row["with_reference"]["gflop_s"] > 0
