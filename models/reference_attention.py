@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -51,6 +52,7 @@ class ReferenceState:
     uncond_rows: int = 0  # leading rows of the current batch that are the unconditional half
     cache: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     writes: int = 0  # number of write passes in this run
+    write_seconds: float = 0.0  # host wall time spent in write passes (benchmarks split the one-off pass from the steps)
     reads: int = 0  # number of layer reads (for tests / diagnostics)
     keyframe: Optional[int] = None  # key-frame attention (ControlVideo/PoseCrafter): K/V of this frame for every frame
     frames: int = 0  # frames per batch item in the current call (rows are batch-major)
@@ -174,8 +176,10 @@ def write_reference(state: ReferenceState, run_unet) -> None:
     """Fill the cache with one pass ``run_unet()`` of the reference through the UNet (at t = 0)."""
     state.mode = "write"
     state.cache.clear()
+    t0 = time.perf_counter()
     try:
         run_unet()
     finally:
         state.mode = "read"
     state.writes += 1
+    state.write_seconds += time.perf_counter() - t0

@@ -40,6 +40,7 @@ def test_reference_overhead_runs_one_reference_pass(tmp_path, backbone):
     assert r["plain_s"] > 0 and r["reference_s"] > 0
     t = {k: statistics.median(v) for k, v in r["all_times"].items()}
     assert r["ratio"] == round(t["reference"] / t["plain"], 3)
+    assert 0 < r["reference_pass_s"] < r["reference_s"] and r["ratio_without_reference_pass"] < r["ratio"]
     assert (r["frames"], r["steps"], r["size"], r["realsize"]) == (2, 2, 16, False)
 
 
