@@ -29,21 +29,18 @@ from _common import setup, write_result
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--size", type=int, default=40)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--frames", type=int, help="default 16 (--realsize: 4)")
+    ap.add_argument("--steps", type=int, help="default 20 (--realsize: 4)")
+    ap.add_argument("--size", type=int, help="default 40 (--realsize: 512)")
+    ap.add_argument("--repeats", type=int, help="default 3 (--realsize: 1)")
     ap.add_argument("--backbone", choices=["animatediff", "svd"], default="animatediff")
     ap.add_argument("--width-mult", type=int, default=1)
     ap.add_argument("--realsize", action="store_true", help="real SD1.5 + motion module / SVD-xt sizes (random weights)")
     a = ap.parse_args()
-    if a.realsize:
-        # explicit flags win; otherwise a run that fits this CPU: 512 px, 4 frames, 4 steps, one timed repeat
-        given = {x.split("=")[0] for x in __import__("sys").argv[1:]}
-        a.size = a.size if "--size" in given else 512
-        a.frames = a.frames if "--frames" in given else 4
-        a.steps = a.steps if "--steps" in given else 4
-        a.repeats = a.repeats if "--repeats" in given else 1
+    # --realsize defaults fit this CPU: 512 px, 4 frames, 4 steps, one timed repeat; explicit flags win
+    for k, tiny, real in (("frames", 16, 4), ("steps", 20, 4), ("size", 40, 512), ("repeats", 3, 1)):
+        if getattr(a, k) is None:
+            setattr(a, k, real if a.realsize else tiny)
     paths = setup()
     import torch
 
