@@ -10,7 +10,8 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 
-def setup():
+def setup(models: bool = True):
+    """Register the pack, set the thread count; with ``models`` also build (once) and return the tiny models tree."""
     import torch
 
     import pack_alias
@@ -20,6 +21,8 @@ def setup():
     import tiny_models
 
     tiny_models.ensure_comfy_importable()
+    if not models:
+        return {}
     root = os.path.join(REPO, "out", "bench-models")
     stamp = os.path.join(root, "paths.json")
     if not os.path.exists(stamp):

@@ -41,7 +41,7 @@ def main():
     for k, tiny, real in (("frames", 16, 4), ("steps", 20, 4), ("size", 40, 512), ("repeats", 3, 1)):
         if getattr(a, k) is None:
             setattr(a, k, real if a.realsize else tiny)
-    paths = setup()
+    paths = setup(models=not a.realsize)  # --realsize builds its own models
     import torch
 
     from performer_pkg.models.backbones import load_backbone, with_motion_module

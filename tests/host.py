@@ -24,6 +24,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 COMFY_DIR = os.path.join(REPO, ".host", "ComfyUI")
 VENV_PY = os.path.join(REPO, ".venv", "bin", "python")
+
+
+def guarded_env(netguard_log: str, **extra: str) -> Dict[str, str]:
+    """The environment for a child process under the network guard (loaded as ``sitecustomize``), offline for
+    Hugging Face libraries; every blocked connection attempt is appended to ``netguard_log``."""
+    return {**os.environ, "PYTHONPATH": os.path.join(HERE, "netguard"), "PERFORMER_NETGUARD_LOG": str(netguard_log),
+            "HF_HUB_OFFLINE": "1", **extra}
 PACK_DIR_NAME = "ComfyUI-Performer"
 MODEL_KINDS = {
     "checkpoints": "checkpoints", "diffusers": "diffusers", "controlnet": "controlnet", "vae": "vae",
@@ -70,11 +77,8 @@ class ComfyHost:
         for d in ("output", "temp", "user", "input"):
             os.makedirs(os.path.join(self.workdir, d), exist_ok=True)
         cfg = self._write_config()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.path.join(HERE, "netguard")
-        env["PERFORMER_NETGUARD_LOG"] = self.netguard_log
+        env = guarded_env(self.netguard_log)
         env.setdefault("OMP_NUM_THREADS", "1")
-        env["HF_HUB_OFFLINE"] = "1"
         cmd = [VENV_PY, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--extra-model-paths-config", cfg,
                "--output-directory", self.output_dir, "--temp-directory", os.path.join(self.workdir, "temp"),

@@ -11,14 +11,14 @@ import subprocess
 import sys
 
 import pytest
+from host import guarded_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(tmp_path, script, *args):
     log = tmp_path / "netguard.log"
-    env = {**os.environ, "BENCH_OUT": str(tmp_path), "BENCH_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.path.join(REPO, "tests", "netguard"), "PERFORMER_NETGUARD_LOG": str(log)}
+    env = guarded_env(log, BENCH_OUT=str(tmp_path), BENCH_THREADS="1")
     p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", script), *args], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

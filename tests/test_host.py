@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from host import REPO, VENV_PY, output_files
+from host import REPO, VENV_PY, guarded_env, output_files
 from workflow_tools import ui_to_api
 
 PACK = "ComfyUI-Performer"
@@ -134,8 +134,7 @@ def test_import_makes_no_network_connection(tmp_path):
     log = tmp_path / "net.log"
     code = ("import sys; sys.path.insert(0, 'tests'); import pack_alias; pack_alias.register_package(); "
             "import performer_pkg.models.backbones, performer_pkg.models.sampling, performer_pkg.models.convert_svd; print('ok')")
-    env = dict(os.environ, PYTHONPATH=os.path.join(REPO, "tests", "netguard"), PERFORMER_NETGUARD_LOG=str(log))
-    out = subprocess.run([VENV_PY, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([VENV_PY, "-c", code], cwd=REPO, env=guarded_env(log), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
     assert not log.exists() or log.read_text() == ""
 
