@@ -1,15 +1,25 @@
 """The synthetic performer: a seeded, textured person on the embedded body, with full ground truth.
 
 ``generate(PerformerSpec(seed, character, motion, frames, size))`` renders a person (skin, hair, shirt, trousers,
-shoes, eyes and mouth; optional striped shirt) over a static procedural background in a procedural motion
-(``walk``, ``wave``, ``squat``, ``turn``, ``dance``) and returns, per frame: RGB, mask, whole-body 2D keypoints
-(``PoseSequence``), SMPL-X parameters (``BodySequence``) and the true per-pixel flow to the next frame (with its
-validity).  Everything is a function of the spec: the same spec gives the same bytes.
+shoes, eyes and mouth; optionally a striped shirt) over a static procedural background in a procedural motion
+(``walk``, ``wave``, ``squat``, ``turn``, ``dance``) and returns, per frame: RGB, mask, body-part labels, whole-body 2D
+keypoints (``PoseSequence``), SMPL-X parameters (``BodySequence``) and the true per-pixel flow to the next frame (with
+its validity).  Everything is a function of the spec: the same spec gives the same bytes.
+
+Identities have no table: ``character`` is an **identity seed**; skin tone, hair, shirt, stripe and trouser colours,
+stripes on/off and the body shape are drawn from it (:func:`identity`).  ``seed`` draws the sequence: background tint
+and the motion's phase and amplitude.  Seeds below :data:`EVAL_BASE` are the *training* range, seeds from it up the
+*evaluation* range (:func:`split_of`): the demo model trains only on the first, the demo and the benchmark use only the
+second, so their identities, backgrounds and motion instances are unseen by construction.
+
+Rendering is split in two: :func:`geometry` renders the posed body once (visible triangle per pixel, per-triangle
+shading and material), :func:`colourise` paints any identity's colours on it.  Training uses that to see a new person
+at almost every step at the cost of a table look-up.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -17,25 +27,44 @@ import torch
 from .errors import BadInputError
 
 MOTIONS = ("walk", "wave", "squat", "turn", "dance")
+EVAL_BASE = 1_000_000  # identity and sequence seeds >= this are never used in training
+MATERIALS = ("skin", "shirt", "stripe", "trousers", "shoes", "hair", "eyes", "mouth")
+# body parts the identity metric compares (material indices that belong to each)
+PARTS = {"shirt": (1, 2), "trousers": (3,), "skin": (0,), "hair": (5,)}
 
 
 @dataclass
 class PerformerSpec:
     seed: int = 0
-    character: int = 0  # picks colours and body shape
+    character: int = 0  # identity seed: colours, stripes and body shape
     motion: str = "wave"
     frames: int = 16
     size: int = 128
-    stripes: bool = True
+    stripes: Optional[bool] = None  # None: drawn from the identity
     fps: float = 8.0
 
 
-def _palette(character: int) -> Dict[str, np.ndarray]:
-    r = np.random.default_rng(1000 + character)
-    skin = np.array([[224, 172, 105], [198, 134, 66], [141, 85, 36], [255, 205, 148]])[character % 4]
-    return {"skin": skin, "hair": r.integers(10, 90, 3), "shirt": r.integers(40, 255, 3), "trousers": r.integers(20, 140, 3),
-            "shoes": np.array([30, 30, 30]), "eyes": np.array([20, 20, 40]), "mouth": np.array([150, 40, 50]),
-            "stripe": r.integers(0, 255, 3)}
+def split_of(seed: int, character: int) -> str:
+    """'train' when both seeds are in the training range, 'eval' when both are in the evaluation range, else 'mixed'."""
+    tr = seed < EVAL_BASE and character < EVAL_BASE
+    ev = seed >= EVAL_BASE and character >= EVAL_BASE
+    return "train" if tr else "eval" if ev else "mixed"
+
+
+def identity(character: int, stripes: Optional[bool] = None) -> Dict[str, object]:
+    """The identity drawn from its seed: colours (RGB 0..255 per material), stripes and SMPL-X shape (5 betas)."""
+    if character < 0:
+        raise BadInputError(f"character (identity seed) must be >= 0; got {character}.")
+    r = np.random.default_rng([7, character])
+    tone = r.uniform(0, 1)  # continuous skin tone between light and dark
+    skin = (1 - tone) * np.array([255, 214, 170]) + tone * np.array([110, 66, 32])
+    hair = r.uniform(0, 1) * np.array([150, 110, 70]) + r.integers(5, 40, 3)
+    pal = np.stack([skin, r.integers(0, 256, 3), r.integers(0, 256, 3), r.integers(0, 256, 3),
+                    np.array([30, 30, 30]), hair, np.array([20, 20, 40]), np.array([150, 40, 50])]).astype(np.float64)
+    striped = bool(r.uniform() < 0.5) if stripes is None else bool(stripes)
+    if not striped:
+        pal[2] = pal[1]
+    return {"palette": np.clip(pal, 0, 255), "stripes": striped, "betas": r.normal(0, 0.6, 5)}
 
 
 def _pose(motion: str, t: np.ndarray, rng) -> Dict[str, np.ndarray]:
@@ -83,29 +112,29 @@ def _pose(motion: str, t: np.ndarray, rng) -> Dict[str, np.ndarray]:
     return {"body_pose": bp.reshape(F, 63), "yaw": yaw, "dy": dy, "dx": dx}
 
 
-def _vertex_colours(bm, pal, stripes: bool) -> np.ndarray:
-
+def _face_materials(bm) -> np.ndarray:
+    """Material index (see MATERIALS) per triangle of the body, from its rest-pose vertices and skinning."""
     v = bm.model.v_template.detach().cpu().numpy()
-    W = bm.weights
-    j = W.argmax(1)
-    col = np.tile(pal["skin"], (len(v), 1)).astype(np.float64)
+    j = bm.weights.argmax(1)
+    mat = np.zeros(len(v), np.int64)
     torso = np.isin(j, [0, 3, 6, 9, 13, 14, 16, 17]) | ((j == 12) & (v[:, 1] < 1.47))
-    col[torso] = pal["shirt"]
-    if stripes:
-        band = (np.floor(v[:, 1] / 0.06) % 2 == 0) & torso
-        col[band] = pal["stripe"]
-    legs = np.isin(j, [1, 2, 4, 5])
-    col[legs] = pal["trousers"]
-    col[np.isin(j, [7, 8, 10, 11])] = pal["shoes"]
+    mat[torso] = 1
+    mat[torso & (np.floor(v[:, 1] / 0.06) % 2 == 0)] = 2
+    mat[np.isin(j, [1, 2, 4, 5])] = 3
+    mat[np.isin(j, [7, 8, 10, 11])] = 4
     head = j == 15
-    col[head & (v[:, 1] > 1.70)] = pal["hair"]
-    col[head & (v[:, 2] < 0.0) & (v[:, 1] > 1.6)] = pal["hair"]
-    col[np.isin(j, [23, 24])] = pal["eyes"]
-    col[(j == 22) & (v[:, 2] > 0.05)] = pal["mouth"]
-    return col
+    mat[head & (v[:, 1] > 1.70)] = 5
+    mat[head & (v[:, 2] < 0.0) & (v[:, 1] > 1.6)] = 5
+    mat[np.isin(j, [23, 24])] = 6
+    mat[(j == 22) & (v[:, 2] > 0.05)] = 7
+    fm = mat[bm.faces]  # majority vote of the three corners (ties: the first corner)
+    out = fm[:, 0].copy()
+    agree = fm[:, 1] == fm[:, 2]
+    out[agree] = fm[agree, 1]
+    return out
 
 
-def _background(size: int, seed: int) -> np.ndarray:
+def background(size: int, seed: int) -> np.ndarray:
     r = np.random.default_rng(seed)
     ys, xs = np.mgrid[0:size, 0:size] / size
     base = np.stack([0.55 + 0.2 * ys, 0.6 + 0.1 * xs, 0.7 - 0.2 * ys], -1)
@@ -115,23 +144,37 @@ def _background(size: int, seed: int) -> np.ndarray:
     return np.clip((base + checker + floor + tint) * 255, 0, 255)
 
 
-def generate(spec: PerformerSpec) -> Dict[str, object]:
+def _fill_ids(fid: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Covered pixels whose triangle id was lost (multisampled edges at small sizes) take the nearest valid id."""
+    from scipy.ndimage import distance_transform_edt
+
+    lost = mask & (fid < 0)
+    if not lost.any() or not (fid >= 0).any():
+        return fid
+    _, (iy, ix) = distance_transform_edt(fid < 0, return_indices=True)
+    return np.where(lost, fid[iy, ix], fid)
+
+
+def geometry(spec: PerformerSpec, with_flow: bool = True) -> Dict[str, object]:
+    """The posed body of ``spec`` rendered once: per frame the visible triangle (−1 = background), its shading and
+    material, the mask, keypoints, SMPL-X parameters and (``with_flow``) the true flow to the next frame."""
+    from scipy.spatial.transform import Rotation as R
+
     from . import body as B
     from .fit import body_to_pose
     from .render import Renderer, human_flow
 
     if spec.frames < 1 or not 16 <= spec.size <= 1024:
         raise BadInputError(f"A performer needs frames >= 1 and a size of 16..1024 px; got {spec.frames} frames, {spec.size} px.")
+    ident = identity(spec.character, spec.stripes)
     rng = np.random.default_rng(spec.seed)
     bm = B.get_body_model()
     cam = B.Camera.default(spec.size, spec.size, fov_deg=30.0)
     t = (np.arange(spec.frames) / max(spec.frames, 1) + rng.uniform(0, 1)) % 1.0
     m = _pose(spec.motion, t, rng)
     seq = B.upright(spec.frames, cam, bm, distance=4.2)
-    seq.betas[:, :5] = np.random.default_rng(2000 + spec.character).normal(0, 0.6, 5)
+    seq.betas[:, :5] = ident["betas"]
     seq.body_pose[:] = m["body_pose"]
-    from scipy.spatial.transform import Rotation as R
-
     seq.global_orient[:] = (R.from_rotvec(np.stack([np.zeros_like(m["yaw"]), m["yaw"], np.zeros_like(m["yaw"])], 1))
                             * R.from_rotvec([np.pi, 0, 0])).as_rotvec()
     seq.transl[:, 1] += m["dy"]
@@ -139,34 +182,51 @@ def generate(spec: PerformerSpec) -> Dict[str, object]:
     seq.fps = spec.fps
     with torch.no_grad():
         V = bm.forward(seq)["vertices"].numpy().astype(np.float64)
-    pal = _palette(spec.character)
-    base_col = _vertex_colours(bm, pal, spec.stripes)
-    bg = _background(spec.size, spec.seed)
+    faces = bm.faces
     r = Renderer(spec.size, spec.size)
-    rgb, masks, ids, depths = [], [], [], []
+    ids, depths, shades = [], [], []
     try:
-        import trimesh
-
         for f in range(spec.frames):
-            n = np.asarray(trimesh.Trimesh(V[f], bm.faces, process=False).vertex_normals)
-            shade = 0.55 + 0.45 * np.clip(-n[:, 2], 0, 1)  # light from the camera (OpenCV: toward −z)
-            col = np.clip(base_col * shade[:, None], 0, 255).astype(np.uint8)
-            c, d = r._render_colours(cam, V[f], bm.faces, colours_per_vertex=col)
-            mask = d > 0
-            o = r.render(cam, V[f], bm.faces, kinds=("face_id",))
-            rgb.append(np.where(mask[..., None], c, bg).astype(np.uint8))
-            masks.append(mask)
-            ids.append(o["face_id"])
+            o = r.render(cam, V[f], faces, kinds=("face_id",))
+            ids.append(_fill_ids(o["face_id"], o["mask"]))
             depths.append(o["depth"])
+            tri = V[f][faces]
+            n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+            n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+            shades.append(0.55 + 0.45 * np.clip(-n[:, 2], 0, 1))  # light from the camera (OpenCV: toward −z)
     finally:
         r.close()
-    flows, valids = [], []
-    for f in range(spec.frames - 1):
-        fl, va = human_flow(cam, V[f], V[f + 1], bm.faces, ids[f], depths[f + 1])
-        flows.append(fl)
-        valids.append(va)
-    pose = body_to_pose(seq, bm)
-    return {"rgb": np.stack(rgb), "mask": np.stack(masks), "pose": pose, "body": seq,
-            "flow": np.stack(flows) if flows else np.zeros((0, spec.size, spec.size, 2), np.float32),
-            "valid": np.stack(valids) if valids else np.zeros((0, spec.size, spec.size), bool),
-            "background": bg.astype(np.uint8), "spec": asdict(spec)}
+    fid = np.stack(ids)
+    out = {"face_id": fid, "shade": np.stack(shades), "materials": _face_materials(bm), "mask": fid >= 0,
+           "pose": body_to_pose(seq, bm), "body": seq, "size": spec.size}
+    if with_flow:
+        flows, valids = [], []
+        for f in range(spec.frames - 1):
+            fl, va = human_flow(cam, V[f], V[f + 1], faces, ids[f], depths[f + 1])
+            flows.append(fl)
+            valids.append(va)
+        out["flow"] = np.stack(flows) if flows else np.zeros((0, spec.size, spec.size, 2), np.float32)
+        out["valid"] = np.stack(valids) if valids else np.zeros((0, spec.size, spec.size), bool)
+    return out
+
+
+def colourise(geo: Dict[str, object], palette: np.ndarray, bg: np.ndarray) -> Dict[str, np.ndarray]:
+    """Paint a palette (8 materials × RGB) onto a rendered geometry over a background: RGB frames (uint8) and the
+    material index per pixel (−1 = background)."""
+    fid = geo["face_id"]
+    safe = np.maximum(fid, 0)
+    mat = np.where(fid >= 0, geo["materials"][safe], -1)
+    shade = np.take_along_axis(geo["shade"], safe.reshape(len(fid), -1), 1).reshape(fid.shape)
+    col = palette[np.maximum(mat, 0)] * shade[..., None]
+    rgb = np.where((fid >= 0)[..., None], col, bg[None])
+    return {"rgb": np.clip(rgb, 0, 255).astype(np.uint8), "material": mat.astype(np.int8)}
+
+
+def generate(spec: PerformerSpec) -> Dict[str, object]:
+    geo = geometry(spec)
+    ident = identity(spec.character, spec.stripes)
+    bg = background(spec.size, spec.seed)
+    col = colourise(geo, ident["palette"], bg)
+    return {"rgb": col["rgb"], "mask": geo["mask"], "material": col["material"], "pose": geo["pose"], "body": geo["body"],
+            "flow": geo["flow"], "valid": geo["valid"], "background": bg.astype(np.uint8), "spec": asdict(spec),
+            "palette": ident["palette"].astype(np.uint8), "split": split_of(spec.seed, spec.character)}

@@ -1,6 +1,6 @@
-"""Train the demo's tiny pose-conditioned AnimateDiff-style model on synthetic performer videos (CPU, minutes).
+"""Train the demo's tiny pose-conditioned AnimateDiff-style model on synthetic performer videos (CPU, about 1.5 h).
 
-    .venv/bin/python scripts/train_demo_models.py [--out assets/demo_models] [--steps 4000] [--seed 0]
+    .venv/bin/python scripts/train_demo_models.py [--out assets/demo_models] [--steps 5000] [--seed 0] [--work out/train_demo]
 
 What it writes (real diffusers classes, in the layouts the pack's loaders read):
   sd15/                 a diffusers SD1.5-style folder: unet/ (UNet2DConditionModel), vae/ (AutoencoderKL, 4× downscale),
@@ -9,11 +9,19 @@ What it writes (real diffusers classes, in the layouts the pack's loaders read):
   pose_controller.safetensors   the pack's VividPose-style pose controller
   train_log.json        seeds, sizes, step counts, final losses
 
-Data: performer sequences (characters 0–5 × all motions, 16 frames, 64 px) from models/performer.py, seeds 0–1;
-the benchmark and demo use other seeds/characters.  Training: (1) the VAE as an autoencoder (L1 + small KL);
-(2) UNet + motion module + pose controller jointly, ε-prediction on 8-frame clips, with causal reference attention
-on a random frame of the same sequence as the reference (so the model learns to copy appearance from it).
-Everything is seeded; the run is deterministic on one CPU thread.
+Data: only the performer generator's *training* range (identity and sequence seeds below models.performer.EVAL_BASE;
+the demo and the benchmark use seeds from EVAL_BASE up, so they are unseen by construction).  A pool of posed bodies
+(``--pool`` sequences: body shape and motion instance from training seeds, all five motions, 16 frames, 64 px) is
+rendered once; every training step paints a **new identity** on one of them (colours and stripes drawn from a fresh
+training identity seed, background from a fresh training sequence seed), so the model cannot memorise anyone's
+appearance: plain sampling cannot know the colours, only the reference can give them.
+
+Training: (1) the VAE as an autoencoder (L1 + small KL) on such frames; (2) UNet + motion module + pose controller
+jointly, ε-prediction on 8-frame clips, with causal reference attention on a frame of the same identity (half the time
+from the same clip's sequence, half from another posed body of the pool in the same clothes and scene), 10 % without it.
+Checkpoints every ``--ckpt-every`` steps in ``--work``; a rerun with the same arguments resumes from the last one and
+ends with the same weights (every random draw comes from one seeded generator whose state is checkpointed).
+Everything is seeded; the run is deterministic on one CPU thread (TRAIN_THREADS=1, the default).
 """
 from __future__ import annotations
 
@@ -29,36 +37,58 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-SIZE, FRAMES = 64, 16
+SIZE, FRAMES, CLIP = 64, 16, 8
 
 
-def data(seeds=(0, 1), characters=range(6)):
+def pool(n: int, seed: int):
+    """n posed bodies from training seeds: materials per pixel, shading, skeleton maps, SMPL-X normal renders."""
     import numpy as np
 
-    from performer_pkg.models.performer import MOTIONS, PerformerSpec, generate
-    from performer_pkg.models.pose import draw
-
     from performer_pkg.models.body import get_body_model
+    from performer_pkg.models.performer import EVAL_BASE, MOTIONS, PerformerSpec, geometry
+    from performer_pkg.models.pose import draw
     from performer_pkg.models.render import render_normals
 
-    vids, maps, normals = [], [], []
-    for s in seeds:
-        for c in characters:
-            for m in MOTIONS:
-                g = generate(PerformerSpec(seed=s, character=c, motion=m, frames=FRAMES, size=SIZE))
-                vids.append(g["rgb"])
-                maps.append(draw(g["pose"], SIZE, SIZE, stick_width=1))
-                normals.append(render_normals(g["body"], get_body_model(), SIZE, SIZE))
-    return np.stack(vids), np.stack(maps), np.stack(normals)
+    r = np.random.default_rng([seed, 1])
+    geos, maps, normals = [], [], []
+    for i in range(n):
+        s, c = (int(x) for x in r.integers(0, EVAL_BASE, 2))
+        geo = geometry(PerformerSpec(seed=s, character=c, motion=MOTIONS[i % len(MOTIONS)], frames=FRAMES, size=SIZE),
+                       with_flow=False)
+        geos.append({k: geo[k] for k in ("face_id", "shade", "materials")})
+        maps.append(draw(geo["pose"], SIZE, SIZE, stick_width=1))
+        normals.append(render_normals(geo["body"], get_body_model(), SIZE, SIZE))
+    return geos, np.stack(maps), np.stack(normals)
+
+
+def paint(geo, ident_seed: int, bg_seed: int, frames):
+    """Frames of a pooled body in the clothes of a training identity over a training background, in [-1, 1] (F, 3, H, W)."""
+    import numpy as np
+    import torch
+
+    from performer_pkg.models.performer import background, colourise, identity
+
+    g = {"face_id": geo["face_id"][frames], "shade": geo["shade"][frames], "materials": geo["materials"]}
+    rgb = colourise(g, identity(ident_seed)["palette"], background(SIZE, bg_seed))["rgb"]
+    return torch.from_numpy(rgb.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+
+
+def _draw_int(g, hi: int) -> int:
+    import torch
+
+    return int(torch.randint(hi, (1,), generator=g))
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(REPO, "assets", "demo_models"))
-    ap.add_argument("--vae-steps", type=int, default=600)
-    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--work", default=os.path.join(REPO, "out", "train_demo"), help="checkpoints (resumed when present)")
+    ap.add_argument("--pool", type=int, default=200, help="posed bodies rendered once; identities are drawn per step")
+    ap.add_argument("--vae-steps", type=int, default=800)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the UNet stage (cosine decay to 0)")
+    ap.add_argument("--ckpt-every", type=int, default=250)
     a = ap.parse_args()
     import pack_alias
 
@@ -68,45 +98,27 @@ def main():
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
     import tiny_models
-    from performer_pkg.models.backbones import Backbone
+    from performer_pkg.models.performer import EVAL_BASE
     from performer_pkg.models.pose_controller import PoseController
     from performer_pkg.models.reference_attention import reference_attention, write_reference
 
-    torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", "1")))
     torch.manual_seed(a.seed)
     g = torch.Generator().manual_seed(a.seed)
     t0 = time.time()
-    vids, maps, normals = data()
-    V = torch.from_numpy(vids).float() / 255.0  # (N, F, H, W, 3)
-    M = torch.from_numpy(maps).float() / 255.0
-    S = torch.from_numpy(normals).float() / 255.0  # SMPL-X normal renders (the performer's own shape)
-    N = V.shape[0]
-    print(f"data: {N} sequences in {time.time() - t0:.1f}s", flush=True)
+    geos, maps, normals = pool(a.pool, a.seed)
+    M = torch.from_numpy(maps).float() / 255.0  # skeleton maps (N, F, H, W, 3)
+    S = torch.from_numpy(normals).float() / 255.0  # SMPL-X normal renders (each pooled body's own shape)
+    N = len(geos)
+    print(f"pool: {N} posed bodies in {time.time() - t0:.1f}s", flush=True)
+
+    os.makedirs(a.work, exist_ok=True)
+    ckpt_path = os.path.join(a.work, "checkpoint.pt")
+    args_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "steps", "seed", "lr")}
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
                         latent_channels=4, norm_num_groups=32, sample_size=SIZE, scaling_factor=0.5)
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    flat = V.reshape(-1, SIZE, SIZE, 3)
-    for i in range(a.vae_steps):
-        idx = torch.randint(flat.shape[0], (16,), generator=g)
-        x = flat[idx].permute(0, 3, 1, 2) * 2 - 1
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=g)).sample
-        loss = F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i % 100 == 0 or i == a.vae_steps - 1:
-            print(f"vae {i} {loss.item():.4f}", flush=True)
-    vae_loss = loss.item()
-    vae.eval().requires_grad_(False)
-    with torch.no_grad():  # latent statistics -> scaling factor (unit variance, as SD's 0.18215 was chosen)
-        z = vae.encode(flat[:256].permute(0, 3, 1, 2) * 2 - 1).latent_dist.mean
-        vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-        lat = torch.cat([vae.encode(flat[i:i + 64].permute(0, 3, 1, 2) * 2 - 1).latent_dist.mean for i in range(0, flat.shape[0], 64)])
-        lat = (lat * vae.config.scaling_factor).reshape(N, FRAMES, 4, SIZE // 4, SIZE // 4)
-
     text = tiny_models.hf_text_encoder()
     unet2d = UNet2DConditionModel(sample_size=SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
                                   block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -116,26 +128,80 @@ def main():
                             motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True)
     pc = PoseController(latent_channels=4, downsample=4, channels=(16, 32, 64), heads=4)
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
-    sched_cfg = dict(DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                                   set_alpha_to_one=False, steps_offset=1).config)
-    ddpm = DDPMScheduler.from_config(sched_cfg)
-    bb = Backbone(family="sd15", unet=unet, vae=vae, scheduler_config=sched_cfg, dtype=torch.float32, device=torch.device("cpu"),
-                  text_encoder=text)
-    with torch.no_grad():
-        tok = torch.tensor([[49406, 49407] + [49407] * 75])
-        ctx = text(tok)[0]
     params = list(unet.parameters()) + list(pc.parameters())
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(i, a.steps) / a.steps)))
+    vae_opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+
+    def ident_seed():  # a fresh training identity / background seed
+        return _draw_int(g, EVAL_BASE)
+
+    state = {"stage": "vae", "step": 0, "vae_loss": None, "loss": None}
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, weights_only=True)
+        if json.loads(ck["args"]) == args_key:
+            vae.load_state_dict(ck["vae"])
+            unet.load_state_dict(ck["unet"])
+            pc.load_state_dict(ck["pc"])
+            opt.load_state_dict(ck["opt"])
+            vae_opt.load_state_dict(ck["vae_opt"])
+            sched.load_state_dict(ck["sched"])
+            g.set_state(ck["rng"])
+            state = json.loads(ck["state"])
+            print(f"resumed from {ckpt_path}: {state}", flush=True)
+        else:
+            print(f"{ckpt_path} was made with other arguments; starting afresh", flush=True)
+
+    def save_ckpt():
+        tmp = ckpt_path + ".tmp"
+        torch.save({"args": json.dumps(args_key), "state": json.dumps(state), "vae": vae.state_dict(), "unet": unet.state_dict(),
+                    "pc": pc.state_dict(), "opt": opt.state_dict(), "vae_opt": vae_opt.state_dict(), "sched": sched.state_dict(),
+                    "rng": g.get_state()}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    if state["stage"] == "vae":
+        for i in range(state["step"], a.vae_steps):
+            x = torch.cat([paint(geos[_draw_int(g, N)], ident_seed(), ident_seed(), [_draw_int(g, FRAMES)]) for _ in range(16)])
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample(generator=g)).sample
+            loss = F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
+            vae_opt.zero_grad()
+            loss.backward()
+            vae_opt.step()
+            state.update(step=i + 1, vae_loss=round(loss.item(), 4))
+            if i % 100 == 0 or i == a.vae_steps - 1:
+                print(f"vae {i} {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
+            if (i + 1) % a.ckpt_every == 0:
+                save_ckpt()
+        with torch.no_grad():  # latent statistics -> scaling factor (unit variance, as SD's 0.18215 was chosen)
+            x = torch.cat([paint(geos[i % N], 10 + i, 20 + i, [i % FRAMES]) for i in range(256)])
+            z = vae.encode(x).latent_dist.mean
+        state.update(stage="unet", step=0, scaling=float(1.0 / z.std()))
+        save_ckpt()
+    vae.register_to_config(scaling_factor=state["scaling"])
+    vae.eval().requires_grad_(False)
+
+    sched_cfg = dict(DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                                   set_alpha_to_one=False, steps_offset=1).config)
+    ddpm = DDPMScheduler.from_config(sched_cfg)
+    with torch.no_grad():
+        tok = torch.tensor([[49406, 49407] + [49407] * 75])
+        ctx = text(tok)[0]
+
+    def encode(x):
+        with torch.no_grad():
+            return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
+
     unet.train()
-    clip = 8
-    for i in range(a.steps):
-        n = int(torch.randint(N, (1,), generator=g))
-        s0 = int(torch.randint(FRAMES - clip + 1, (1,), generator=g))
-        x0 = lat[n, s0:s0 + clip].permute(1, 0, 2, 3)[None]  # (1, 4, clip, h, w)
-        ref_f = int(torch.randint(FRAMES, (1,), generator=g))
-        ref = lat[n, ref_f][None]
+    for i in range(state["step"], a.steps):
+        n = _draw_int(g, N)
+        s0 = _draw_int(g, FRAMES - CLIP + 1)
+        ids, bgs = ident_seed(), ident_seed()
+        x0 = encode(paint(geos[n], ids, bgs, list(range(s0, s0 + CLIP)))).permute(1, 0, 2, 3)[None]  # (1, 4, clip, h, w)
+        # the reference: the same identity in the same scene, from this sequence or from another posed body
+        rn = n if bool(torch.rand(1, generator=g) < 0.5) else _draw_int(g, N)
+        ref = encode(paint(geos[rn], ids, bgs, [_draw_int(g, FRAMES)]))
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, 1000, (1,), generator=g)
         xt = ddpm.add_noise(x0, noise, t)
@@ -143,8 +209,8 @@ def main():
         keep_sk, keep_sm = (torch.rand(2, generator=g) > 0.25).tolist()
         if not (keep_sk or keep_sm):
             keep_sk = True
-        guide = {"skeleton": M[n, s0:s0 + clip].permute(0, 3, 1, 2) if keep_sk else None,
-                 "smplx": S[n, s0:s0 + clip].permute(0, 3, 1, 2) if keep_sm else None}
+        guide = {"skeleton": M[n, s0:s0 + CLIP].permute(0, 3, 1, 2) if keep_sk else None,
+                 "smplx": S[n, s0:s0 + CLIP].permute(0, 3, 1, 2) if keep_sm else None}
         feat = pc(guide).permute(1, 0, 2, 3)[None]
         use_ref = bool(torch.rand(1, generator=g) > 0.1)  # 10 % without reference (CFG-style dropout)
         with reference_attention(unet, uncond="keep") as st:
@@ -152,16 +218,19 @@ def main():
                 write_reference(st, lambda: unet(ref[:, :, None], torch.zeros((), dtype=torch.long), encoder_hidden_states=ctx))
             else:
                 st.mode = "off"
-            st.frames = clip
-            pred = unet(xt + feat, t, encoder_hidden_states=ctx.repeat(clip, 1, 1)).sample
+            st.frames = CLIP
+            pred = unet(xt + feat, t, encoder_hidden_states=ctx.repeat(CLIP, 1, 1)).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        state.update(step=i + 1, loss=round(loss.item(), 4))
         if i % 100 == 0 or i == a.steps - 1:
             print(f"unet {i} {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
+        if (i + 1) % a.ckpt_every == 0:
+            save_ckpt()
     unet.eval()
     out = a.out
     if os.path.isdir(out):
@@ -189,13 +258,14 @@ def main():
     assert not missing, missing[:3]
     ad_out.save_pretrained(os.path.join(out, "motion_adapter"))
     pc.save(os.path.join(out, "pose_controller.safetensors"))
-    log = {"seed": a.seed, "size": SIZE, "frames": FRAMES, "sequences": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr, "lr_schedule": "100-step warm-up, cosine to 0",
-           "vae_final_l1": round(vae_loss, 4), "unet_final_loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1),
-           "train_data": "performer seeds 0-1, characters 0-5, all motions; skeleton and SMPL-X normal renders (each dropped 25 %)"}
+    log = {"seed": a.seed, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
+           "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],
+           "seconds_this_run": round(time.time() - t0, 1),
+           "train_data": f"training range only (identity and sequence seeds < {EVAL_BASE}): {N} posed bodies (all motions), "
+                         "a new identity painted per step; skeleton and SMPL-X normal renders (each dropped 25 %)"}
     with open(os.path.join(out, "train_log.json"), "w") as fh:
         json.dump(log, fh, indent=1)
     print(json.dumps(log), flush=True)
-    del bb
 
 
 if __name__ == "__main__":
