@@ -50,6 +50,13 @@ def check_frames(frames: np.ndarray, what: str = "images") -> np.ndarray:
     return to_uint8(frames)
 
 
+
+# The one install recipe for the offline MediaPipe extractor (README, requirements.txt and the error above quote it;
+# tests/test_install.py checks they agree).  mediapipe 0.10.21 pins numpy<2 but runs on numpy 2, and imports
+# matplotlib when it loads.
+MEDIAPIPE_RECIPE = ('pip install --no-deps mediapipe==0.10.21 && '
+                    'pip install "protobuf>=4.25.3,<5" absl-py flatbuffers attrs matplotlib')
+
 class MediaPipeExtractor:
     name = "mediapipe"
 
@@ -60,8 +67,8 @@ class MediaPipeExtractor:
         except Exception as e:  # noqa: BLE001
             raise BadInputError(
                 "The MediaPipe extractor needs mediapipe 0.10.21 (its pose/face/hand models ship inside that wheel; newer "
-                "releases have none). Install it without its numpy<2 pin: pip install --no-deps mediapipe==0.10.21 "
-                f"'protobuf>=4.25.3,<5' absl-py flatbuffers attrs  ({type(e).__name__}: {e})") from e
+                f"releases have none). Install it in ComfyUI's Python without its numpy<2 pin: {MEDIAPIPE_RECIPE}  "
+                f"({type(e).__name__}: {e})") from e
         self.face, self.hands, self.min_confidence, self.video = face, hands, float(min_confidence), video
 
     def settings(self) -> str:

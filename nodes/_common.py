@@ -158,7 +158,7 @@ def _preview_images(images, prefix: str):
         s = PREVIEW_SIDE / max(h, w)
         x = F.interpolate(x.permute(0, 3, 1, 2), size=(max(1, round(h * s)), max(1, round(w * s))), mode="area").permute(0, 2, 3, 1)
     with torch.no_grad():
-        return [dict(r) for r in ui.ImageSaveHelper.save_images(x.cpu(), "performer_preview_" + prefix, ui.FolderType.temp, None,
+        return [dict(r) for r in ui.ImageSaveHelper.save_images(x.cpu(), "performer_preview_" + prefix, io.FolderType.temp, None,
                                                                compress_level=1)]
 
 

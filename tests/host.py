@@ -24,6 +24,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 COMFY_DIR = os.path.join(REPO, ".host", "ComfyUI")
 VENV_PY = os.path.join(REPO, ".venv", "bin", "python")
+# Another ComfyUI install can host the pack instead (scripts/newcomer_install.sh: ComfyUI 0.3.52 in its own venv, the
+# pack cloned into its custom_nodes/); the test process itself keeps running in the main .venv.
+HOST_COMFY_DIR = os.environ.get("PERFORMER_HOST_COMFY", COMFY_DIR)
+HOST_PY = os.environ.get("PERFORMER_HOST_PYTHON", VENV_PY)
+HOST_PACK = os.environ.get("PERFORMER_HOST_PACK", REPO)
 
 
 def guarded_env(netguard_log: str, **extra: str) -> Dict[str, str]:
@@ -63,7 +68,7 @@ class ComfyHost:
         os.makedirs(nodes_dir, exist_ok=True)
         link = os.path.join(nodes_dir, PACK_DIR_NAME)
         if not os.path.islink(link):
-            os.symlink(REPO, link)
+            os.symlink(HOST_PACK, link)
         lines = ["performer_test:", f"  base_path: {self.models_root}"]
         lines += [f"  {k}: {v}" for k, v in MODEL_KINDS.items()]
         lines.append(f"  custom_nodes: {nodes_dir}")
@@ -79,14 +84,14 @@ class ComfyHost:
         cfg = self._write_config()
         env = guarded_env(self.netguard_log)
         env.setdefault("OMP_NUM_THREADS", "1")
-        cmd = [VENV_PY, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [HOST_PY, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--extra-model-paths-config", cfg,
                "--output-directory", self.output_dir, "--temp-directory", os.path.join(self.workdir, "temp"),
                "--input-directory", os.path.join(self.workdir, "input"),
                "--user-directory", os.path.join(self.workdir, "user"), "--database-url", "sqlite:///:memory:",
                "--disable-api-nodes"]
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=COMFY_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, cwd=HOST_COMFY_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:
