@@ -95,8 +95,8 @@ class ReferenceAttnProcessor:
             kf = st.keyframe
             k = k.view(b, st.frames, *k.shape[1:])[:, kf:kf + 1].expand(-1, st.frames, -1, -1).reshape(k.shape)
             v = v.view(b, st.frames, *v.shape[1:])[:, kf:kf + 1].expand(-1, st.frames, -1, -1).reshape(v.shape)
-        if st.mode == "write":
-            st.cache[self.name] = (k.detach(), v.detach())
+        if st.mode == "write":  # (kept in the autograd graph only when the write pass runs with gradients: training)
+            st.cache[self.name] = (k, v)
             out = self._attend(attn, q, k, v)
         elif st.mode == "read" and self.name in st.cache:
             st.reads += 1
@@ -171,14 +171,17 @@ def reference_attention(unet: torch.nn.Module, strength: float = 1.0, uncond: st
             st.mode = "off"
 
 
-@torch.no_grad()
-def write_reference(state: ReferenceState, run_unet) -> None:
-    """Fill the cache with one pass ``run_unet()`` of the reference through the UNet (at t = 0)."""
+def write_reference(state: ReferenceState, run_unet, grad: bool = False) -> None:
+    """Fill the cache with one pass ``run_unet()`` of the reference through the UNet (at t = 0).
+
+    ``grad=True`` (training) keeps the cached K/V in the autograd graph, so the loss on the target also trains the
+    reference path, as SCD and AnimateAnyone train their reference branch jointly."""
     state.mode = "write"
     state.cache.clear()
     t0 = time.perf_counter()
     try:
-        run_unet()
+        with torch.set_grad_enabled(grad):
+            run_unet()
     finally:
         state.mode = "read"
     state.writes += 1

@@ -13,7 +13,8 @@ OPTIONS = io.Custom("PERFORMER_SAMPLER_OPTIONS")
 POSE = io.Custom("PERFORMER_POSE")
 POSE_KEYPOINT = io.Custom("POSE_KEYPOINT")
 BODY = io.Custom("PERFORMER_BODY")
-FLOW = io.Custom("PERFORMER_FLOW")  # comfyui_controlnet_aux's OpenPose-JSON type
+FLOW = io.Custom("PERFORMER_FLOW")
+PARTS = io.Custom("PERFORMER_PARTS")  # the synthetic performer's material index per pixel (identity metric)  # comfyui_controlnet_aux's OpenPose-JSON type
 NONE = "none"
 CATEGORY = "Performer"
 

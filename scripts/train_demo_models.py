@@ -40,21 +40,36 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 SIZE, FRAMES, CLIP = 64, 16, 8
 
 
+def pool_specs(n: int, seed: int):
+    """The specs of the pooled bodies: sequence and identity (body shape) seeds from the training range only."""
+    import numpy as np
+
+    from performer_pkg.models.performer import EVAL_BASE, MOTIONS, PerformerSpec
+
+    r = np.random.default_rng([seed, 1])
+    return [PerformerSpec(seed=int(s), character=int(c), motion=MOTIONS[i % len(MOTIONS)], frames=FRAMES, size=SIZE)
+            for i, (s, c) in enumerate(r.integers(0, EVAL_BASE, (n, 2)))]
+
+
+def training_seed(g) -> int:
+    """A fresh identity / background seed for one training step: the training range only."""
+    from performer_pkg.models.performer import EVAL_BASE
+
+    return _draw_int(g, EVAL_BASE)
+
+
 def pool(n: int, seed: int):
     """n posed bodies from training seeds: materials per pixel, shading, skeleton maps, SMPL-X normal renders."""
     import numpy as np
 
     from performer_pkg.models.body import get_body_model
-    from performer_pkg.models.performer import EVAL_BASE, MOTIONS, PerformerSpec, geometry
+    from performer_pkg.models.performer import geometry
     from performer_pkg.models.pose import draw
     from performer_pkg.models.render import render_normals
 
-    r = np.random.default_rng([seed, 1])
     geos, maps, normals = [], [], []
-    for i in range(n):
-        s, c = (int(x) for x in r.integers(0, EVAL_BASE, 2))
-        geo = geometry(PerformerSpec(seed=s, character=c, motion=MOTIONS[i % len(MOTIONS)], frames=FRAMES, size=SIZE),
-                       with_flow=False)
+    for spec in pool_specs(n, seed):
+        geo = geometry(spec, with_flow=False)
         geos.append({k: geo[k] for k in ("face_id", "shade", "materials")})
         maps.append(draw(geo["pose"], SIZE, SIZE, stick_width=1))
         normals.append(render_normals(geo["body"], get_body_model(), SIZE, SIZE))
@@ -134,9 +149,6 @@ def main():
         opt, lambda i: min(1.0, (i + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(i, a.steps) / a.steps)))
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
 
-    def ident_seed():  # a fresh training identity / background seed
-        return _draw_int(g, EVAL_BASE)
-
     state = {"stage": "vae", "step": 0, "vae_loss": None, "loss": None}
     if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, weights_only=True)
@@ -162,7 +174,7 @@ def main():
 
     if state["stage"] == "vae":
         for i in range(state["step"], a.vae_steps):
-            x = torch.cat([paint(geos[_draw_int(g, N)], ident_seed(), ident_seed(), [_draw_int(g, FRAMES)]) for _ in range(16)])
+            x = torch.cat([paint(geos[_draw_int(g, N)], training_seed(g), training_seed(g), [_draw_int(g, FRAMES)]) for _ in range(16)])
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample(generator=g)).sample
             loss = F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
@@ -197,7 +209,7 @@ def main():
     for i in range(state["step"], a.steps):
         n = _draw_int(g, N)
         s0 = _draw_int(g, FRAMES - CLIP + 1)
-        ids, bgs = ident_seed(), ident_seed()
+        ids, bgs = training_seed(g), training_seed(g)
         x0 = encode(paint(geos[n], ids, bgs, list(range(s0, s0 + CLIP)))).permute(1, 0, 2, 3)[None]  # (1, 4, clip, h, w)
         # the reference: the same identity in the same scene, from this sequence or from another posed body
         rn = n if bool(torch.rand(1, generator=g) < 0.5) else _draw_int(g, N)
@@ -215,7 +227,8 @@ def main():
         use_ref = bool(torch.rand(1, generator=g) > 0.1)  # 10 % without reference (CFG-style dropout)
         with reference_attention(unet, uncond="keep") as st:
             if use_ref:
-                write_reference(st, lambda: unet(ref[:, :, None], torch.zeros((), dtype=torch.long), encoder_hidden_states=ctx))
+                write_reference(st, lambda: unet(ref[:, :, None], torch.zeros((), dtype=torch.long), encoder_hidden_states=ctx),
+                                grad=True)
             else:
                 st.mode = "off"
             st.frames = CLIP

@@ -37,11 +37,13 @@ NOTES = {
         + MODELS_SD15 + "\n\nChange: total IVR steps, refresh interval and noise strengths on Refine (IVR). "
         "The preview shows every refresh; pick one in its list."),
     "performer_demo_synthetic": (
-        "The demo (make demo): a held-out synthetic performer (the pack generates it, with ground truth) animated from its "
-        "first frame and its poses by the small model trained on other performers, then scored against the ground "
-        "truth (PSNR, SSIM, mask IoU, face PSNR, warping error with the true flow, flicker).\n\n"
+        "The demo (make demo): a synthetic performer from the evaluation range (the pack generates it, with ground "
+        "truth) animated from its first frame and its poses by the small model trained only on the training range, "
+        "then scored against the ground truth (PSNR, SSIM, mask IoU, face PSNR, per-part colour distance, flow "
+        "end-point error, warping error, flicker).\n\n"
         "Models: assets/demo_models of this repository, copied by make demo into diffusers/, animatediff_models/ and "
-        "performer/adapters/. Change the performer's seed, character or motion to get unseen sequences."),
+        "performer/adapters/. Change the performer's seed, character (identity) or motion; keep both seeds at "
+        "1000000 or above for people and scenes the demo model never saw."),
     "performer_text2video_smoke": (
         "The smallest check that a pipe loads and samples: text → AnimateDiff video, no reference.\n\n" + MODELS_SD15),
 }

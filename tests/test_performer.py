@@ -55,3 +55,60 @@ def test_metrics_conventions(wave):
     assert sheet.shape == (2 * 96, 6 * 96, 3)
     with pytest.raises(Exception, match="must match"):
         M.compute(gt[:3], gt)
+
+
+def test_identities_come_from_seeds_and_colourise_matches_generate(wave):
+    from performer_pkg.models.performer import EVAL_BASE, background, colourise, geometry, identity, split_of
+
+    a, b = identity(5), identity(5)
+    assert np.array_equal(a["palette"], b["palette"]) and np.array_equal(a["betas"], b["betas"])
+    palettes = np.stack([identity(c)["palette"][1] for c in range(200)])  # shirt colours: no table, no repeats
+    assert len({tuple(p) for p in palettes.round().astype(int)}) > 190
+    assert 60 < sum(identity(c)["stripes"] for c in range(200)) < 140
+    spec = PerformerSpec(seed=3, character=1, motion="wave", frames=6, size=96)
+    geo = geometry(spec, with_flow=False)
+    again = colourise(geo, identity(1)["palette"], background(96, 3))
+    assert np.array_equal(again["rgb"], wave["rgb"]) and np.array_equal(again["material"], wave["material"])
+    assert ((wave["material"] >= 0) == wave["mask"]).all()
+    assert split_of(3, 1) == "train" and split_of(EVAL_BASE, EVAL_BASE + 7) == "eval" and split_of(3, EVAL_BASE) == "mixed"
+
+
+def test_demo_and_benchmark_never_use_training_seeds():
+    """Disjoint by construction: training draws below EVAL_BASE, the demo and the benchmark use seeds from it up."""
+    import json
+    import os
+    import sys
+
+    import torch
+
+    from host import REPO
+    from performer_pkg.models.performer import EVAL_BASE, split_of
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import train_demo_models as T
+
+    assert all(split_of(s.seed, s.character) == "train" for s in T.pool_specs(200, 0))
+    g = torch.Generator().manual_seed(0)
+    assert max(T.training_seed(g) for _ in range(5000)) < EVAL_BASE
+    with open(os.path.join(REPO, "tests", "workflows", "performer_demo_synthetic.api.json")) as fh:
+        demo = [n["inputs"] for n in json.load(fh).values() if n["class_type"] == "PerformerSyntheticPerformer"]
+    assert demo and all(split_of(d["seed"], d["character"]) == "eval" for d in demo)
+    src = open(os.path.join(REPO, "benchmarks", "performer.py")).read()
+    seed = int(src.split('"--seed", type=int, default=')[1].split(",")[0].replace("_", ""))
+    char = int(src.split('"--character", type=int, default=')[1].split(",")[0].replace("_", ""))
+    assert split_of(seed, char) == "eval" and split_of(seed + 1000, char) == "eval"
+
+
+def test_identity_and_motion_metrics_tell_frozen_and_wrong_colours(wave):
+    gt = wave["rgb"]
+    kw = dict(gt_mask=wave["mask"], flow=wave["flow"], valid=wave["valid"], material=wave["material"])
+    same = M.compute(gt, gt, **kw)
+    assert same["part_colour"] == 0.0 and same["flow_epe"] == same["flow_epe_gt"] and "mask_iou" not in same
+    other = generate(PerformerSpec(seed=3, character=2, motion="wave", frames=6, size=96))  # same motion, other clothes
+    recoloured = M.compute(other["rgb"], gt, **kw)
+    assert recoloured["part_colour"] > 0.1 and recoloured["part_colour_shirt"] > 0.05
+    # motion: at the benchmark's size a frozen video scores clearly worse than the true one (DIS's own floor)
+    d = generate(PerformerSpec(seed=3, character=1, motion="dance", frames=16, size=64))
+    kw = dict(gt_mask=d["mask"], flow=d["flow"], valid=d["valid"])
+    true, frozen = M.compute(d["rgb"], d["rgb"], **kw), M.compute(np.repeat(d["rgb"][:1], 16, 0), d["rgb"], **kw)
+    assert frozen["flow_epe"] > 1.25 * true["flow_epe"], (frozen["flow_epe"], true["flow_epe"])
