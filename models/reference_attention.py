@@ -25,14 +25,13 @@ UNet's original processor objects, also when sampling raises or is interrupted.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
+from . import attention_math as AM
 from .errors import BadInputError
 
 
@@ -58,27 +57,27 @@ class ReferenceState:
     frames: int = 0  # frames per batch item in the current call (rows are batch-major)
 
 
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, c = x.shape
-    return x.view(b, n, heads, c // heads).transpose(1, 2)
-
-
 class ReferenceAttnProcessor:
-    """Self-attention processor for one layer; equals diffusers' ``AttnProcessor2_0`` when mode is "off"."""
+    """Self-attention processor for one layer; equals diffusers' ``AttnProcessor2_0`` when mode is "off".
+    The maths is :mod:`.attention_math` (shared with the native patches)."""
 
     def __init__(self, name: str, state: ReferenceState):
         self.name = name
         self.state = state
 
-    def _attend(self, attn, q, k, v, bias=None):
-        h = attn.heads
-        q, k, v = _heads(q, h), _heads(k, h), _heads(v, h)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
-        if attn.norm_k is not None:
-            k = attn.norm_k(k)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=0.0, is_causal=False)
-        return out.transpose(1, 2).reshape(q.shape[0], -1, h * q.shape[-1]).to(q.dtype)
+    @staticmethod
+    def _attend_fn(attn):
+        def attend(q, k, v, heads, bias=None):
+            if attn.norm_q is not None or attn.norm_k is not None:  # per-head norms (not in SD1.5 / SVD)
+                d = q.shape[-1] // heads
+                split = lambda x: x.view(x.shape[0], x.shape[1], heads, d).transpose(1, 2)  # noqa: E731
+                merge = lambda x: x.transpose(1, 2).reshape(x.shape[0], x.shape[2], heads * d)  # noqa: E731
+                if attn.norm_q is not None:
+                    q = merge(attn.norm_q(split(q)))
+                if attn.norm_k is not None:
+                    k = merge(attn.norm_k(split(k)))
+            return AM.attention(q, k, v, heads, bias)
+        return attend
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if encoder_hidden_states is not None or attention_mask is not None or attn.group_norm is not None \
@@ -89,37 +88,24 @@ class ReferenceAttnProcessor:
         q = attn.to_q(hidden_states)
         k = attn.to_k(hidden_states)
         v = attn.to_v(hidden_states)
+        attend = self._attend_fn(attn)
         if st.keyframe is not None and st.mode != "write" and st.frames > 1:
-            # key-frame attention: every frame reads the key frame's keys/values (not its own)
-            b = k.shape[0] // st.frames
-            kf = st.keyframe
-            k = k.view(b, st.frames, *k.shape[1:])[:, kf:kf + 1].expand(-1, st.frames, -1, -1).reshape(k.shape)
-            v = v.view(b, st.frames, *v.shape[1:])[:, kf:kf + 1].expand(-1, st.frames, -1, -1).reshape(v.shape)
+            k, v = AM.keyframe_kv(k, v, st.frames, st.keyframe)
         if st.mode == "write":  # (kept in the autograd graph only when the write pass runs with gradients: training)
             st.cache[self.name] = (k, v)
-            out = self._attend(attn, q, k, v)
+            out = attend(q, k, v, attn.heads)
         elif st.mode == "read" and self.name in st.cache:
             st.reads += 1
             kr, vr = st.cache[self.name]
-            rows = q.shape[0]
-            start = st.uncond_rows if st.uncond == "drop" else 0
-            out = torch.empty_like(q)
-            if start:
-                out[:start] = self._attend(attn, q[:start], k[:start], v[:start])
-            if start < rows:
-                n = rows - start
-                if kr.shape[0] != 1:
-                    raise BadInputError("The reference cache must hold one reference image.")
-                kk = torch.cat([kr.to(k.dtype).expand(n, -1, -1), k[start:]], 1)
-                vv = torch.cat([vr.to(v.dtype).expand(n, -1, -1), v[start:]], 1)
-                bias = None
-                if st.strength != 1.0:
-                    lref = kr.shape[1]
-                    bias = torch.zeros(1, 1, 1, kk.shape[1], dtype=q.dtype, device=q.device)
-                    bias[..., :lref] = math.log(st.strength) if st.strength > 0 else float("-inf")
-                out[start:] = self._attend(attn, q[start:], kk, vv, bias)
+            reads = None
+            if st.uncond == "drop" and st.uncond_rows:
+                reads = torch.arange(q.shape[0], device=q.device) >= st.uncond_rows
+            try:
+                out = AM.reference_attention(q, k, v, attn.heads, kr, vr, st.strength, reads, attend=attend)
+            except ValueError as e:
+                raise BadInputError(str(e)) from e
         else:
-            out = self._attend(attn, q, k, v)
+            out = attend(q, k, v, attn.heads)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual

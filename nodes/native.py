@@ -1,0 +1,246 @@
+"""Native: the pack's methods as patches on a clone of ComfyUI's own ``MODEL`` (core loaders, LoRAs, samplers, previews,
+memory management and context windows all stay the user's).
+
+Apply Causal Reference (SCD) — how the patch works on core models (SD1.5 family and SVD):
+
+* The node returns ``model.clone()`` with one ``patches_replace["attn1"]`` entry per spatial self-attention layer
+  (keyed ``(block, id, transformer index)`` as core's ``BasicTransformerBlock`` looks them up) and two wrappers:
+  ``OUTER_SAMPLE`` opens and closes one sampling run (its reference cache lives exactly that long, also on error and
+  interrupt), ``APPLY_MODEL`` runs the **write pass** before the first model call of the run: the reference latent
+  through the same model at t = 0 (σ_min), one row, with the conditional row's conditioning.  Every layer caches its
+  reference K/V, keyed by block and transformer index; the reference attends only to itself (causal).
+* Later calls, every step and every context window of that run, **read**: target rows attend to
+  ``[K_ref, K_target]`` (:func:`models.attention_math.reference_attention`, the same maths as the pack's diffusers
+  processors).  Rows of the unconditional CFG half read it in ``keep`` mode and do not in ``drop`` mode.
+* SVD's temporal blocks share the block key with the spatial ones; a layer call is spatial when its rows are the
+  frames and its tokens the H·W positions of ``activations_shape``.
+* The input ``MODEL`` is never changed: everything lives in the clone's options, and the per-run state is dropped in
+  ``finally``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Optional, Tuple
+
+import torch
+from comfy_api.latest import io
+
+from ._common import CATEGORY
+
+CAT = f"{CATEGORY}/native"
+KEY = "performer_causal_reference"
+
+
+class _Run:
+    """One sampling run's reference state."""
+
+    def __init__(self):
+        self.cache: Dict[Tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.mode = "off"  # off | write | read
+        self.written = False
+        self.reads_rows: Optional[torch.Tensor] = None  # bool per row of the current call
+        self.active = False  # inside start/end percent at the current call
+
+
+class CausalReferencePatch:
+    """The patch object the clone's options hold (shared, not copied, when ComfyUI deep-copies model options)."""
+
+    def __init__(self, latent: torch.Tensor, strength: float, uncond: str, start_percent: float, end_percent: float):
+        self.latent = latent  # (1, C, h, w) raw VAE latent of the reference (process_latent_in at run time)
+        self.strength, self.uncond = float(strength), uncond
+        self.start_percent, self.end_percent = float(start_percent), float(end_percent)
+        self.run: Optional[_Run] = None
+        self.runs = 0  # sampling runs seen (diagnostics / tests)
+        self.writes = 0  # reference passes run, over all runs
+        self.reads = 0  # layer reads, over all runs
+        self.last_run: Optional[_Run] = None
+
+    def __deepcopy__(self, memo):
+        return self  # immutable settings + per-run state that only a running sampler touches
+
+    # ------------------------------------------------------------------ OUTER_SAMPLE: one run
+    def outer_sample(self, executor, *args, **kwargs):
+        self.run = _Run()
+        self.runs += 1
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.last_run, self.run = self.run, None
+            self.last_run.cache.clear()
+
+    # ------------------------------------------------------------------ APPLY_MODEL: write once, then read
+    def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
+        run = self.run
+        if run is None or self.strength == 0.0:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        base = executor.class_obj
+        ms = base.model_sampling
+        cond_or_uncond = list(transformer_options.get("cond_or_uncond", [0]))
+        n = x.shape[0] // max(len(cond_or_uncond), 1)
+        if not run.written:
+            self._write(executor, base, x, c_concat, c_crossattn, transformer_options, kwargs, cond_or_uncond, n)
+        sigma = float(t.flatten()[0])
+        hi = float(ms.percent_to_sigma(self.start_percent))
+        lo = float(ms.percent_to_sigma(self.end_percent))
+        run.active = lo <= sigma <= hi
+        rows = torch.tensor([cond_or_uncond[min(r // n, len(cond_or_uncond) - 1)] == 0 for r in range(x.shape[0])])
+        run.reads_rows = None if self.uncond == "keep" else rows
+        run.mode = "read"
+        try:
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        finally:
+            run.mode = "off"
+
+    def _write(self, executor, base, x, c_concat, c_crossattn, topts, kwargs, cond_or_uncond, n):
+        """The reference pass: one row, t = 0 (σ_min), the first conditional row's conditioning."""
+        run = self.run
+        ms = base.model_sampling
+        row = cond_or_uncond.index(0) * n if 0 in cond_or_uncond else 0
+        lat = base.process_latent_in(self.latent.to(x.device, torch.float32))
+        if lat.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"Apply Causal Reference: the reference latent is {tuple(lat.shape[-2:])} but the video latent "
+                             f"is {tuple(x.shape[-2:])}; resize the reference image to the video size.")
+        sigma = ms.sigma_min.to(x.device, torch.float32).reshape(1)
+        # core's calculate_input divides by √(σ²+1); the UNet then sees what the pack's pipe gives it in its own
+        # reference pass: SVD x/√(σ_min²+1) at σ_min; the SD family the clean latent at t = 0 (σ_min maps to t = 0).
+        import comfy.model_base
+
+        x_ref = lat if isinstance(base, comfy.model_base.SVD_img2vid) else lat * (sigma ** 2 + 1) ** 0.5
+        one = lambda v: v[row:row + 1] if torch.is_tensor(v) and v.shape[:1] == x.shape[:1] else v  # noqa: E731
+        kw = {k: one(v) for k, v in kwargs.items()}
+        if "num_video_frames" in kw:
+            kw["num_video_frames"] = 1
+        topts = {**topts, "cond_or_uncond": [0]}
+        run.mode = "write"
+        try:
+            with torch.no_grad():
+                executor(x_ref.to(x.dtype), sigma.expand(1).to(x.dtype), one(c_concat), one(c_crossattn), None, topts, **kw)
+        finally:
+            run.mode = "off"
+        run.written = True
+        self.writes += 1
+
+    # ------------------------------------------------------------------ attn1 replace
+    def attn1(self, q, k, v, extra_options):
+        from comfy.ldm.modules.attention import optimized_attention
+
+        heads = extra_options["n_heads"]
+        prec = extra_options.get("attn_precision")
+
+        def plain(q_, k_, v_, h_):
+            return optimized_attention(q_, k_, v_, h_, attn_precision=prec)
+
+        run = self.run
+        if run is None or run.mode == "off" or not self._spatial(q, extra_options):
+            return plain(q, k, v, heads)
+        key = (*extra_options["block"], extra_options.get("block_index", 0))
+        if run.mode == "write":
+            run.cache[key] = (k.detach(), v.detach())
+            return plain(q, k, v, heads)
+        if not run.active or key not in run.cache:
+            return plain(q, k, v, heads)
+        from ..models import attention_math as AM
+
+        kr, vr = run.cache[key]
+        self.reads += 1
+
+        # rows that read the reference: the shared maths (PyTorch SDPA, as in the pipe); the others: core's own kernel
+        return AM.reference_attention(q, k, v, heads, kr, vr, self.strength, run.reads_rows, plain=plain)
+
+    @staticmethod
+    def _spatial(q, extra_options) -> bool:
+        shape = extra_options.get("activations_shape")
+        if not shape or len(shape) < 4:
+            return True
+        return q.shape[0] == shape[0] and q.shape[1] == shape[-2] * shape[-1]
+
+
+def spatial_self_attention_keys(diffusion_model) -> list:
+    """(block name, block id, transformer index) of every spatial self-attention layer core's UNet will look up."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    keys = []
+    blocks = [("input", i, b) for i, b in enumerate(diffusion_model.input_blocks)] + [("middle", 0, diffusion_model.middle_block)] \
+        + [("output", i, b) for i, b in enumerate(diffusion_model.output_blocks)]
+    for name, i, block in blocks:
+        for layer in block:
+            if isinstance(layer, SpatialTransformer):  # SpatialVideoTransformer is a subclass
+                keys += [(name, i, j) for j in range(len(layer.transformer_blocks))]
+    return keys
+
+
+def apply_causal_reference(model, latent: torch.Tensor, strength: float = 1.0, uncond: str = "auto",
+                           start_percent: float = 0.0, end_percent: float = 1.0):
+    """A clone of core ``model`` with causal reference attention to ``latent`` (raw VAE latent, (1, C, h, w)).
+    Returns (clone, patch)."""
+    import comfy.model_base
+    import comfy.patcher_extension as pe
+
+    from ..models.errors import BadInputError
+
+    if strength < 0:
+        raise BadInputError(f"strength must be >= 0; got {strength}.")
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise BadInputError(f"Need 0 <= start_percent <= end_percent <= 1; got {start_percent}, {end_percent}.")
+    dm = getattr(model.model, "diffusion_model", None)
+    if dm is None or not hasattr(dm, "input_blocks"):
+        raise BadInputError(f"Apply Causal Reference supports UNet models (SD1.5 family, SVD); this MODEL is "
+                            f"{type(model.model).__name__}.")
+    keys = spatial_self_attention_keys(dm)
+    if not keys:
+        raise BadInputError("This MODEL has no spatial self-attention layers to attach the reference to.")
+    if latent.ndim != 4 or latent.shape[0] != 1:
+        raise BadInputError(f"The reference latent must be one image (1, C, h, w); got {tuple(latent.shape)}.")
+    if uncond == "auto":
+        uncond = "keep" if isinstance(model.model, comfy.model_base.SVD_img2vid) else "drop"
+    if uncond not in ("drop", "keep"):
+        raise BadInputError(f"uncond must be auto, drop or keep; got {uncond!r}.")
+    patch = CausalReferencePatch(latent.detach().to("cpu", torch.float32), strength, uncond, start_percent, end_percent)
+    m = model.clone()
+    for name, i, j in keys:
+        m.set_model_attn1_replace(patch.attn1, name, i, j)
+    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, patch.outer_sample)
+    m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, patch.apply_model)
+    return m, patch
+
+
+class PerformerApplyCausalReference(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerApplyCausalReference", display_name="Apply Causal Reference (SCD, native) 🎭", category=CAT,
+            description="Causal reference attention (SCD) on the MODEL your loaders give (SD1.5 family incl. LoRAs and "
+                        "AnimateDiff-Evolved, SVD): the reference image passes once per sampling run through the same "
+                        "model at t = 0, every spatial self-attention layer caches its keys/values, and the video's queries "
+                        "attend to [reference, video]; the reference never sees the video. Returns a patched copy; the "
+                        "input MODEL is unchanged. Works with KSampler, SamplerCustomAdvanced and context windows.",
+            inputs=[io.Model.Input("model", tooltip="The model to patch (a copy is returned)."),
+                    io.Vae.Input("vae", tooltip="The VAE of that model, to encode the reference."),
+                    io.Image.Input("reference", tooltip="The reference photo, the video's size (first image is used)."),
+                    io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
+                                   tooltip="The reference's share of attention: 1 = SCD as published, 0 = off "
+                                           "(exactly the unpatched model)."),
+                    io.Combo.Input("uncond", options=["auto", "drop", "keep"], default="auto",
+                                   tooltip="Whether the unconditional (negative) CFG half reads the reference: drop "
+                                           "(SD1.5 default: CFG also pushes toward the reference look) or keep (SVD default)."),
+                    io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Read the reference from this point of the schedule …"),
+                    io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                                   tooltip="… until this point.")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The patched copy of the model.")],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, reference, strength, uncond, start_percent, end_percent) -> io.NodeOutput:
+        from ..models.errors import BadInputError
+
+        if reference is None or reference.ndim != 4 or reference.shape[0] < 1:
+            raise BadInputError("reference: expected an IMAGE batch with at least one image.")
+        if reference.shape[0] > 1:
+            logging.warning("Apply Causal Reference: %d reference images given; using the first.", reference.shape[0])
+        latent = vae.encode(reference[:1, :, :, :3])
+        m, _ = apply_causal_reference(model, latent, strength, uncond, start_percent, end_percent)
+        return io.NodeOutput(m)
+
+
+NODES = [PerformerApplyCausalReference]
