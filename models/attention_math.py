@@ -55,22 +55,25 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads
     plain = plain or (lambda q_, k_, v_, h_: attend(q_, k_, v_, h_, None))
     rows = q.shape[0]
     if reads is None:
-        idx = torch.arange(rows, device=q.device)
+        a, b = 0, rows
     else:
         idx = torch.nonzero(reads.to(q.device), as_tuple=False).flatten()
-    if idx.numel() == 0:
-        return plain(q, k, v, heads)
-    kk = torch.cat([k_ref.to(k.dtype).expand(idx.numel(), -1, -1), k[idx]], 1)
-    vv = torch.cat([v_ref.to(v.dtype).expand(idx.numel(), -1, -1), v[idx]], 1)
-    read = attend(q[idx], kk, vv, heads, reference_bias(k_ref.shape[1], kk.shape[1], strength, q.dtype, q.device))
-    if idx.numel() == rows:
+        if idx.numel() == 0:
+            return plain(q, k, v, heads)
+        a, b = int(idx[0]), int(idx[-1]) + 1
+        if b - a != idx.numel():  # not one contiguous block (core batches CFG halves as blocks; this is a fallback)
+            out = plain(q, k, v, heads)
+            out[idx] = reference_attention(q[idx], k[idx], v[idx], heads, k_ref, v_ref, strength, None, attend, plain)
+            return out
+    n = b - a
+    kk = torch.cat([k_ref.to(k.dtype).expand(n, -1, -1), k[a:b]], 1)
+    vv = torch.cat([v_ref.to(v.dtype).expand(n, -1, -1), v[a:b]], 1)
+    read = attend(q[a:b], kk, vv, heads, reference_bias(k_ref.shape[1], kk.shape[1], strength, q.dtype, q.device))
+    if n == rows:
         return read
-    out = torch.empty_like(q)
-    rest = torch.ones(rows, dtype=torch.bool, device=q.device)
-    rest[idx] = False
-    out[rest] = plain(q[rest], k[rest], v[rest], heads)
-    out[idx] = read
-    return out
+    parts = ([plain(q[:a], k[:a], v[:a], heads)] if a else []) + [read] + \
+        ([plain(q[b:], k[b:], v[b:], heads)] if b < rows else [])
+    return torch.cat(parts, 0)
 
 
 def keyframe_kv(k: torch.Tensor, v: torch.Tensor, frames: int, keyframe: int):

@@ -144,8 +144,10 @@ class CausalReferencePatch:
         kr, vr = run.cache[key]
         self.reads += 1
 
-        # rows that read the reference: the shared maths (PyTorch SDPA, as in the pipe); the others: core's own kernel
-        return AM.reference_attention(q, k, v, heads, kr, vr, self.strength, run.reads_rows, plain=plain)
+        def attend(q_, k_, v_, h_, bias):  # core's own attention kernel (its back-end choice), the bias as its mask
+            return optimized_attention(q_, k_, v_, h_, mask=bias, attn_precision=prec)
+
+        return AM.reference_attention(q, k, v, heads, kr, vr, self.strength, run.reads_rows, attend=attend, plain=plain)
 
     @staticmethod
     def _spatial(q, extra_options) -> bool:

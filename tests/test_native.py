@@ -1,9 +1,9 @@
 """Apply Causal Reference on ComfyUI's own MODEL (nodes/native.py), in-process with core's classes.
 
 The model is core's ``comfy.model_base.BaseModel`` (SD1.5 config class, ε-prediction, core's ``UNetModel``) at the
-tiny test width, wrapped in core's ``ModelPatcher``, with the same UNet weights as the tiny single file the pack's pipe
-loads (both from ``tiny_models.comfy_sd15_unet()``).  A test-only constructor, because core's checkpoint detection
-refuses tiny widths (research/native.md); the classes are the real ones.  Sampling is core's: ``comfy.sample.
+tiny test width, wrapped in core's ``ModelPatcher`` (``tiny_models.core_sd15_patcher``), with the same UNet weights as
+the tiny single file the pack's pipe loads (both from ``tiny_models.comfy_sd15_unet()``).  A test-only constructor,
+because core's checkpoint detection refuses tiny widths (research/native.md); the classes are the real ones.  Sampling is core's: ``comfy.sample.
 sample_custom`` with core's DDIM sampler (Euler on σ, which is DDIM with η = 0).
 
 How the two samplers are made comparable (the parity test):
@@ -29,23 +29,6 @@ SCALE = 0.18215  # core's SD1.5 latent format
 FRAMES, STEPS, SIZE = 3, 20, 32
 
 
-def core_sd15():
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    unet_config = dict(image_size=32, in_channels=4, out_channels=4, model_channels=tm.SD15["model_channels"],
-                       num_res_blocks=[1, 1], channel_mult=list(tm.SD15["channel_mult"]), use_spatial_transformer=True,
-                       transformer_depth=[1, 0], transformer_depth_output=[1, 1, 0, 0], transformer_depth_middle=1,
-                       context_dim=tm.SD15["context_dim"], num_heads=tm.SD15["num_heads"], num_head_channels=-1,
-                       legacy=False, use_linear_in_transformer=False, adm_in_channels=None, use_temporal_attention=False)
-    mc = comfy.supported_models.SD15(unet_config)
-    mc.set_inference_dtype(torch.float32, None)
-    model = comfy.model_base.BaseModel(mc, device=torch.device("cpu"))
-    model.diffusion_model.load_state_dict(tm.comfy_sd15_unet().state_dict())
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
-
-
 @pytest.fixture(scope="module")
 def setup(models_tree):
     from performer_pkg.models import backbones
@@ -58,7 +41,7 @@ def setup(models_tree):
     ref = encode_reference(bb, ref_img, noise_aug=0.0, face="off")
     with torch.no_grad():
         neg, pos = encode_prompts(bb, ["", "a person dancing"])
-    return {"bb": bb, "ref": ref, "pos": [[pos[None], {}]], "neg": [[neg[None], {}]], "model": core_sd15()}
+    return {"bb": bb, "ref": ref, "pos": [[pos[None], {}]], "neg": [[neg[None], {}]], "model": tm.core_sd15_patcher()}
 
 
 def ddim_sigmas(model, steps=STEPS):

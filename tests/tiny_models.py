@@ -35,13 +35,15 @@ TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atten
 VISION = dict(hidden=32, layers=2, patch=14, image_size=224, proj=32)
 
 
-def ensure_comfy_importable() -> None:
+def ensure_comfy_importable(extra_args=()) -> None:
+    """Put the test host's ComfyUI on sys.path and parse its command line once (``--cpu`` + ``extra_args``, e.g.
+    ``--use-pytorch-cross-attention``; only the first call's arguments count)."""
     if COMFY_DIR not in sys.path:
         sys.path.insert(0, COMFY_DIR)
     import comfy.options
 
     if not getattr(ensure_comfy_importable, "_done", False):
-        argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+        argv, sys.argv = sys.argv, [sys.argv[0], "--cpu", *extra_args]
         try:
             comfy.options.enable_args_parsing()
             import comfy.cli_args  # noqa: F401  (parses --cpu once)
@@ -100,6 +102,31 @@ def comfy_svd_unet(seed=2):
                   use_temporal_resblock=True, use_temporal_attention=True, disable_temporal_crossattention=False,
                   max_ddpm_temb_period=10000)
     return _randomise(m, seed)
+
+
+def core_sd15_patcher(width_mult: int = 1, seed: int = 1):
+    """Core's own SD1.5 model (``comfy.model_base.BaseModel`` with the ``SD15`` config class, ε-prediction) at the
+    tiny test width (``width_mult`` × channels, 8 heads), in core's ``ModelPatcher`` on the CPU.  At width 1 its UNet
+    weights are the tiny single file's (``comfy_sd15_unet``).  Built directly because core's checkpoint detection
+    refuses tiny widths (research/native.md); the classes are the real ones."""
+    ensure_comfy_importable()
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet_config = dict(image_size=32, in_channels=4, out_channels=4, model_channels=SD15["model_channels"] * width_mult,
+                       num_res_blocks=[1, 1], channel_mult=list(SD15["channel_mult"]), use_spatial_transformer=True,
+                       transformer_depth=[1, 0], transformer_depth_output=[1, 1, 0, 0], transformer_depth_middle=1,
+                       context_dim=SD15["context_dim"], num_heads=SD15["num_heads"], num_head_channels=-1,
+                       legacy=False, use_linear_in_transformer=False, adm_in_channels=None, use_temporal_attention=False)
+    mc = comfy.supported_models.SD15(unet_config)
+    mc.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.BaseModel(mc, device=torch.device("cpu"))
+    if width_mult == 1:
+        model.diffusion_model.load_state_dict(comfy_sd15_unet(seed).state_dict())
+    else:
+        _randomise(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
 def _ddconfig():
