@@ -211,11 +211,11 @@ class PerformerApplyCausalReference(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="PerformerApplyCausalReference", display_name="Apply Causal Reference (SCD, native) 🎭", category=CAT,
-            description="Causal reference attention (SCD) on the MODEL your loaders give (SD1.5 family incl. LoRAs and "
-                        "AnimateDiff-Evolved, SVD): the reference image passes once per sampling run through the same "
-                        "model at t = 0, every spatial self-attention layer caches its keys/values, and the video's queries "
-                        "attend to [reference, video]; the reference never sees the video. Returns a patched copy; the "
-                        "input MODEL is unchanged. Works with KSampler, SamplerCustomAdvanced and context windows.",
+            description="Causal reference attention (SCD) on the MODEL your loaders give (SD1.5 family, SVD): the "
+                        "reference image passes once per sampling run through the same model at t = 0, every spatial "
+                        "self-attention layer caches its keys/values, and the video's queries attend to [reference, "
+                        "video]; the reference never sees the video. Returns a patched copy; the input MODEL is "
+                        "unchanged. Works with core's samplers and core's context windows (one reference pass per run).",
             inputs=[io.Model.Input("model", tooltip="The model to patch (a copy is returned)."),
                     io.Vae.Input("vae", tooltip="The VAE of that model, to encode the reference."),
                     io.Image.Input("reference", tooltip="The reference photo, the video's size (first image is used)."),

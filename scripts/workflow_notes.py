@@ -44,6 +44,13 @@ NOTES = {
         "Models: assets/demo_models of this repository, copied by make demo into diffusers/, animatediff_models/ and "
         "performer/adapters/. Change the performer's seed, character (identity) or motion; keep both seeds at "
         "1000000 or above for people and scenes the demo model never saw."),
+    "performer_native_sd15_reference": (
+        "Native: causal reference attention (SCD) on the MODEL your own loader gives, sampled by core's KSampler; "
+        "core samplers, previews and memory management stay yours. Apply Causal Reference returns a patched "
+        "copy; the reference passes once per run through the same model at t = 0.\n\n"
+        "Models: any SD1.5 checkpoint in models/checkpoints (e.g. v1-5-pruned-emaonly.safetensors); the test file "
+        "named here is a random-weight stand-in.\n\n"
+        "Change: the reference photo (scaled to the video size), strength, the frame count (batch), prompts, steps."),
     "performer_text2video_smoke": (
         "The smallest check that a pipe loads and samples: text → AnimateDiff video, no reference.\n\n" + MODELS_SD15),
 }

@@ -14,6 +14,7 @@ How the two samplers are made comparable (the parity test):
 * latent scale: core returns latents divided by SD1.5's 0.18215; the reference latent goes in divided by it too;
 * text: both use the pipe's CLIP embeddings of the same prompts (core gets them as CONDITIONING).
 """
+import json
 import math
 import os
 
@@ -189,3 +190,124 @@ def test_bad_inputs_are_refused_clearly(setup):
     m, _ = apply_causal_reference(setup["model"], torch.zeros(1, 4, 2, 2), 1.0)  # wrong size: error at sampling
     with pytest.raises(ValueError, match="resize the reference"):
         core_sample(m, setup, pipe_noise(), 1.0, steps=2)
+
+
+# ----------------------------------------------------------------------------- in the test host (core loaders, KSampler)
+
+
+def _native_api():
+    with open(os.path.join(tm.REPO, "tests", "workflows", "performer_native_sd15_reference.api.json")) as fh:
+        return json.load(fh)
+
+
+def _frames(host, res):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from host import output_files
+
+    return [np.asarray(Image.open(io.BytesIO(host.view(f)))) for f in output_files(res)]
+
+
+def test_original_model_unchanged_in_the_host_also_after_error_and_interrupt(host):
+    """Same server: the plain CheckpointLoaderSimple → KSampler graph gives the same frames before and after the patched
+    clone ran, failed (a reference of the wrong size) and was interrupted."""
+    import threading
+    import time
+
+    import numpy as np
+
+    patched_api = _native_api()
+    plain_api = _native_api()
+    plain_api["8"]["inputs"]["model"] = ["1", 0]
+    del plain_api["4"]
+    plain_api["10"]["inputs"]["filename_prefix"] = "performer/native_plain"
+
+    def plain_frames():
+        host.free()  # drop ComfyUI's output cache so KSampler really runs again on the loaded MODEL
+        time.sleep(0.5)
+        res = host.run(plain_api, timeout=600)
+        assert res["status"] == "execution_success", res["events"][-1]
+        return _frames(host, res)
+
+    before = plain_frames()
+    ok = host.run(patched_api, timeout=600)
+    assert ok["status"] == "execution_success", ok["events"][-1]
+    patched = _frames(host, ok)
+    assert any(not np.array_equal(a, b) for a, b in zip(patched, before))  # the reference did something
+    assert all(np.array_equal(a, b) for a, b in zip(plain_frames(), before))
+
+    bad = _native_api()
+    bad["3"]["inputs"]["width"] = 96  # reference 96×64 for a 64×64 video
+    err = host.run(bad, timeout=600)
+    assert err["status"] == "execution_error"
+    assert "resize the reference image" in json.dumps(err["events"][-1])
+    assert all(np.array_equal(a, b) for a, b in zip(plain_frames(), before))
+
+    long = _native_api()
+    long["8"]["inputs"]["steps"] = 200
+    long["8"]["inputs"]["seed"] = 8
+    started = threading.Event()
+
+    def on_event(ev):
+        if ev["type"] == "progress" and ev["data"].get("node") == "8" and not started.is_set():
+            started.set()
+            host.interrupt()
+
+    res = host.run(long, timeout=600, on_event=on_event)
+    assert started.is_set() and res["status"] == "execution_interrupted"
+    assert all(np.array_equal(a, b) for a, b in zip(plain_frames(), before))
+
+
+# ----------------------------------------------------------------------------- SVD (core's SVD_img2vid)
+
+
+def _svd_sample(model, seed=0, frames=4, steps=3, cfg=2.5, ref=None):
+    import comfy.sample
+    import comfy.samplers
+
+    g = torch.Generator().manual_seed(seed)
+    lat = 8
+    cond_lat = torch.randn(1, 4, lat, lat, generator=torch.Generator().manual_seed(99))
+    clip = torch.randn(1, 1, tm.SVD["context_dim"], generator=torch.Generator().manual_seed(98))
+    extra = {"concat_latent_image": cond_lat, "fps": 7, "motion_bucket_id": 127, "augmentation_level": 0.0}
+    pos = [[clip, dict(extra)]]
+    neg = [[torch.zeros_like(clip), dict(extra, concat_latent_image=torch.zeros_like(cond_lat))]]
+    noise = torch.randn(frames, 4, lat, lat, generator=g)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", steps)
+    return comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object("euler"), sigmas, pos, neg,
+                                      torch.zeros_like(noise), disable_pbar=True, seed=seed)
+
+
+def test_svd_native_patch_reads_spatial_layers_only_once_per_run_and_zero_is_exact():
+    from performer_pkg.nodes.native import apply_causal_reference, spatial_self_attention_keys
+
+    model = tm.core_svd_patcher()
+    keys = spatial_self_attention_keys(model.model.diffusion_model)
+    assert keys and all(k[2] == 0 for k in keys)  # depth-1 transformers: one spatial block each (its temporal twin shares the key)
+    base = _svd_sample(model)
+    ref = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    m0, p0 = apply_causal_reference(model, ref, 0.0)
+    assert torch.equal(_svd_sample(m0), base) and p0.writes == 0
+    m, p = apply_causal_reference(model, ref, 1.0)
+    assert p.uncond == "keep"  # SVD's default: both CFG halves read the reference
+    spatial_calls = []
+    orig = p.attn1
+
+    def spy(q, k, v, extra):
+        spatial_calls.append((p._spatial(q, extra), q.shape[0], q.shape[1]))
+        return orig(q, k, v, extra)
+
+    for key in keys:
+        m.model_options["transformer_options"]["patches_replace"]["attn1"][key] = spy
+    out = _svd_sample(m)
+    assert not torch.equal(out, base) and torch.isfinite(out).all()
+    assert p.writes == 1 and p.runs == 1
+    # every layer call is either spatial (rows = 2 CFG halves × 4 frames, or the 1-row reference pass; tokens = h·w)
+    # or temporal (rows = h·w positions per row, tokens = 4 frames, or 1 in the reference pass); only spatial ones read
+    assert {c for c in spatial_calls if c[0]} == {(True, 8, 64), (True, 1, 64), (True, 8, 16), (True, 1, 16)}
+    assert {c for c in spatial_calls if not c[0]} == {(False, 128, 4), (False, 32, 4), (False, 64, 1), (False, 16, 1)}
+    assert p.reads == 3 * len(keys)  # each spatial layer reads once per step, never in temporal blocks
+    assert torch.equal(_svd_sample(model), base)  # the original is unchanged

@@ -129,6 +129,58 @@ def core_sd15_patcher(width_mult: int = 1, seed: int = 1):
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
+def core_svd_patcher(seed: int = 2):
+    """Core's own SVD model (``comfy.model_base.SVD_img2vid``, v-prediction EDM, temporal attention and resblocks) at
+    the tiny SVD test width, in core's ``ModelPatcher`` on the CPU.  Its ADM input is core's (3 × 256 from its own
+    timestep embedder), so the weights are random, not the tiny single file's (whose ADM width is diffusers' 96)."""
+    ensure_comfy_importable()
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet_config = dict(image_size=32, in_channels=8, out_channels=4, model_channels=SVD["model_channels"],
+                       num_res_blocks=[1, 1], channel_mult=list(SVD["channel_mult"]), use_spatial_transformer=True,
+                       transformer_depth=[1, 0], transformer_depth_output=[1, 1, 0, 0], transformer_depth_middle=1,
+                       context_dim=SVD["context_dim"], adm_in_channels=768, num_classes="sequential",
+                       use_linear_in_transformer=True, legacy=False, extra_ff_mix_layer=True, use_spatial_context=True,
+                       merge_strategy="learned_with_images", merge_factor=0.0, video_kernel_size=[3, 1, 1],
+                       use_temporal_resblock=True, use_temporal_attention=True, disable_temporal_crossattention=False,
+                       max_ddpm_temb_period=10000)
+    mc = comfy.supported_models.SVD_img2vid(unet_config)
+    mc.set_inference_dtype(torch.float32, None)
+    model = comfy.model_base.SVD_img2vid(mc, device=torch.device("cpu"))
+    _randomise(model.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+NATIVE_SD15_FILE = "checkpoints/native_sd15_320.safetensors"
+
+
+def native_sd15_checkpoint(path: str, seed: int = 31) -> str:
+    """An SD1.5 single file that core's CheckpointLoaderSimple recognises, made with core's own classes and random
+    weights (fp16, ≈ 470 MB): a narrow one-level UNet with SD1.5's detection keys (320 base channels, 768 context,
+    no linear projections, 8 heads), the real-size SD VAE and the real-size CLIP-L text encoder (core fixes both
+    architectures, so neither can be tiny).  For the native workflows in the test host."""
+    ensure_comfy_importable()
+    import comfy.sd1_clip
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    if os.path.exists(path):
+        return path
+    unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=1, channel_mult=(1,),
+                     use_spatial_transformer=True, transformer_depth=[1], transformer_depth_output=[1, 1],
+                     transformer_depth_middle=1, context_dim=768, num_heads=8, legacy=False, use_linear_in_transformer=False)
+    vae = AutoencoderKL(ddconfig=dict(_ddconfig(), ch=128, ch_mult=[1, 2, 4, 4]), embed_dim=4)
+    clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+    sd = {}
+    for prefix, module, keep in (("model.diffusion_model.", unet, ""), ("first_stage_model.", vae, ""),
+                                 ("cond_stage_model.", clip, "transformer.text_model.")):
+        _randomise(module, seed)
+        sd.update({prefix + k: v.half() for k, v in module.state_dict().items() if k.startswith(keep)})
+    return _save(sd, path)
+
+
 def _ddconfig():
     return dict(double_z=True, z_channels=VAE["z_channels"], resolution=256, in_channels=3, out_ch=3, ch=VAE["ch"],
                 ch_mult=VAE["ch_mult"], num_res_blocks=VAE["num_res_blocks"], attn_resolutions=[], dropout=0.0)
@@ -279,6 +331,8 @@ def build_models_tree(root: str) -> Dict[str, str]:
     backbones.load_controlnet(P["cn_file"], device="cpu").save_pretrained(P["cn_dir"])
     paths.update(build_addons(root, sd15, svd))
     paths.update(dwpose_onnx_pair(root))
+    native_sd15_checkpoint(os.path.join(root, NATIVE_SD15_FILE))
+    paths["native_sd15_file"] = NATIVE_SD15_FILE
     return paths
 
 
