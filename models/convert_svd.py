@@ -96,7 +96,7 @@ def unet_keys_to_diffusers(sd: Dict[str, torch.Tensor], layers: int) -> Dict[str
 
 
 def unet_config(sd: Dict[str, torch.Tensor], path: str = ""):
-    from .backbones import infer_ldm_unet_layout, reference_config
+    from .ldm_layout import infer_ldm_unet_layout, reference_config
 
     lay = infer_ldm_unet_layout(sd, path)
     cfg = reference_config("svd_unet.json")
@@ -190,7 +190,7 @@ def clip_vision_keys_to_hf(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tenso
 def clip_vision_config(sd: Dict[str, torch.Tensor]):
     from transformers import CLIPVisionConfig
 
-    from .backbones import reference_config
+    from .ldm_layout import reference_config
 
     conv = sd["conv1.weight"]
     hidden, patch = conv.shape[0], conv.shape[-1]
@@ -208,7 +208,7 @@ def clip_vision_config(sd: Dict[str, torch.Tensor]):
 def default_image_processor():
     from transformers import CLIPImageProcessor
 
-    from .backbones import reference_config
+    from .ldm_layout import reference_config
 
     return CLIPImageProcessor(**reference_config("clip_image_processor.json"))
 
@@ -226,7 +226,7 @@ def build_from_sgm(sd: Dict[str, torch.Tensor], path: str = "") -> Tuple[torch.n
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionModelWithProjection
 
-    from .backbones import _strip, infer_ldm_vae_config
+    from .ldm_layout import _strip, infer_ldm_vae_config
 
     unet_sd = _strip(sd, UNET_PREFIX)
     cfg, lay = unet_config(unet_sd, path)
