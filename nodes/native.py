@@ -197,6 +197,13 @@ def apply_causal_reference(model, latent: torch.Tensor, strength: float = 1.0, u
         uncond = "keep" if isinstance(model.model, comfy.model_base.SVD_img2vid) else "drop"
     if uncond not in ("drop", "keep"):
         raise BadInputError(f"uncond must be auto, drop or keep; got {uncond!r}.")
+    taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
+    clash = [k for k in keys if k in taken or k[:2] in taken]
+    if clash:
+        owner = getattr(getattr(taken.get(clash[0], taken.get(clash[0][:2])), "__self__", None), "__class__", type(None)).__name__
+        raise BadInputError(f"This MODEL already has a self-attention replacement on {len(clash)} layers (first {clash[0]}, "
+                            f"from {owner}); a second one would silently replace it. Apply Causal Reference once, to a "
+                            "model without other attn1 replacements.")
     patch = CausalReferencePatch(latent.detach().to("cpu", torch.float32), strength, uncond, start_percent, end_percent)
     m = model.clone()
     for name, i, j in keys:

@@ -187,6 +187,9 @@ def test_bad_inputs_are_refused_clearly(setup):
         apply_causal_reference(setup["model"], torch.cat([lat, lat]), 1.0)
     with pytest.raises(BadInputError, match="uncond"):
         apply_causal_reference(setup["model"], lat, 1.0, uncond="maybe")
+    twice, _ = apply_causal_reference(setup["model"], lat, 1.0)
+    with pytest.raises(BadInputError, match="already has a self-attention replacement.*CausalReferencePatch"):
+        apply_causal_reference(twice, lat, 1.0)  # would silently replace the first patch
     m, _ = apply_causal_reference(setup["model"], torch.zeros(1, 4, 2, 2), 1.0)  # wrong size: error at sampling
     with pytest.raises(ValueError, match="resize the reference"):
         core_sample(m, setup, pipe_noise(), 1.0, steps=2)
