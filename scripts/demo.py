@@ -67,9 +67,14 @@ def performer_demo(out):
         t2 = time.time()
     with open(os.path.join(DEMO_MODELS, "train_log.json")) as fh:
         train = json.load(fh)
+    spec = next(n["inputs"] for n in prompt.values() if n["class_type"] == "PerformerSyntheticPerformer")
+    from performer_pkg.models.performer import split_of
+
     metrics = {"workflow": "tests/workflows/performer_demo_synthetic.api.json",
-               "models": "assets/demo_models (scripts/train_demo_models.py, seed %d; trained on performer seeds 0-1)" % train["seed"],
-               "held_out": "performer seed 11, character 2, dance, 16 frames, 64 px; reference = frame 0",
+               "models": f"assets/demo_models (scripts/train_demo_models.py, seed {train['seed']}): {train['train_data']}",
+               "held_out": f"performer seed {spec['seed']}, identity {spec['character']} ({split_of(spec['seed'], spec['character'])} "
+                           f"range: never used in training), {spec['motion']}, {spec['frames']} frames, {spec['size']} px; "
+                           "reference = its frame 0",
                "pack_settings": "causal reference attention + pose controller on skeleton maps and SMPL-X normal renders",
                "plain_settings": "pose controller on skeleton maps only, no reference attention",
                "host_start_s": round(t1 - t0, 2), "workflows_s": round(t2 - t1, 2), **results}
