@@ -104,6 +104,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the UNet stage (cosine decay to 0)")
     ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--heads", type=int, default=8, help="spatial attention heads of the 32-channel level (8: 4-channel heads)")
     a = ap.parse_args()
     import pack_alias
 
@@ -129,7 +130,7 @@ def main():
 
     os.makedirs(a.work, exist_ok=True)
     ckpt_path = os.path.join(a.work, "checkpoint.pt")
-    args_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "steps", "seed", "lr")}
+    args_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "steps", "seed", "lr", "heads")}
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
@@ -138,7 +139,7 @@ def main():
     unet2d = UNet2DConditionModel(sample_size=SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
                                   block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                   up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
-                                  attention_head_dim=8, norm_num_groups=32)
+                                  attention_head_dim=a.heads, norm_num_groups=32)
     adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=8,
                             motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True)
     pc = PoseController(latent_channels=4, downsample=4, channels=(16, 32, 64), heads=4)
@@ -271,7 +272,7 @@ def main():
     assert not missing, missing[:3]
     ad_out.save_pretrained(os.path.join(out, "motion_adapter"))
     pc.save(os.path.join(out, "pose_controller.safetensors"))
-    log = {"seed": a.seed, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
+    log = {"seed": a.seed, "heads": a.heads, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
            "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],
            "seconds_this_run": round(time.time() - t0, 1),
            "train_data": f"training range only (identity and sequence seeds < {EVAL_BASE}): {N} posed bodies (all motions), "
