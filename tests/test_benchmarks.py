@@ -60,3 +60,19 @@ def test_attention_heads_reports_every_head_width(tmp_path):
     assert sorted(r["results"]) == ["head_dim_16", "head_dim_4", "head_dim_40", "head_dim_8"]
     for row in r["results"].values():
         assert row["plain"]["ms"] > 0 and row["with_reference"]["gflop_s"] > 0
+
+
+def test_native_reference_overhead_counts_one_pass_per_run(tmp_path):
+    _run(tmp_path, "native_reference_overhead.py", "--frames", "2", "--steps", "2", "--repeats", "1", "--size", "16")
+    r = _result(tmp_path, "native_reference_overhead")
+    assert r["reference_passes_per_run"] == 1.0 and r["runs"] == 2  # the patched warm-up + one timed run, one pass each
+    # (the ratio is of the unrounded medians; the seconds are rounded to 1 ms)
+    assert r["ratio"] == pytest.approx(r["reference_s"] / r["plain_s"], abs=0.001 * (1 + r["ratio"]) / r["plain_s"] + 1e-3)
+    assert r["attention_kernel"] == "attention_pytorch"
+
+
+def test_reference_effect_smoke(tmp_path):
+    _run(tmp_path, "reference_effect.py", "--frames", "2", "--steps", "2")
+    r = _result(tmp_path, "reference_effect")
+    assert set(r["scores"]) == {"plain", "own reference", "other identity as reference", "VAE round trip of the truth"}
+    assert r["mean_abs_diff_own_vs_plain"] > 0
