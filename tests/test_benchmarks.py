@@ -76,3 +76,10 @@ def test_reference_effect_smoke(tmp_path):
     r = _result(tmp_path, "reference_effect")
     assert set(r["scores"]) == {"plain", "own reference", "other identity as reference", "VAE round trip of the truth"}
     assert r["mean_abs_diff_own_vs_plain"] > 0
+
+
+def test_reference_learning_smoke(tmp_path):
+    _run(tmp_path, "reference_learning.py", "--steps", "3")
+    r = _result(tmp_path, "reference_learning")
+    for objective in ("eps", "v"):
+        assert r[objective]["loss_with_reference"] > 0 and r[objective]["loss_without_reference"] > 0

@@ -1,0 +1,81 @@
+"""Can a tiny UNet learn to take appearance from its reference through causal reference attention, and does the
+training objective decide it?  A toy: every image is one random colour (4 latent channels) plus a random pattern;
+the reference is the same colour with another pattern, so only the reference tells the colour.  The demo model's
+UNet (8 heads of 4 channels at the attention level) trains for ``--steps`` with ε- or v-prediction (the pack's
+training path: ``write_reference(..., grad=True)``); then the loss at a high-noise timestep (``--eval-t``, where the
+colour has to come from somewhere other than the noisy input) is compared with and without the reference.
+
+    .venv/bin/python benchmarks/reference_learning.py [--steps 1500 --eval-t 980 --objectives eps v]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import setup, write_result
+
+
+def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0):
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from performer_pkg.models.reference_attention import reference_attention, write_reference
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=heads, norm_num_groups=32)
+    ddpm = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                         prediction_type="v_prediction" if objective == "v" else "epsilon")
+    ctx = torch.zeros(1, 77, 32)
+    opt = torch.optim.AdamW(unet.parameters(), lr=5e-4)
+    g = torch.Generator().manual_seed(seed)
+
+    def batch():
+        c = torch.randn(1, 4, 1, 1, generator=g)
+        return c + 0.3 * torch.randn(1, 1, 16, 16, generator=g), c + 0.3 * torch.randn(1, 1, 16, 16, generator=g)
+
+    def loss(x0, ref, t, use_ref):
+        noise = torch.randn(x0.shape, generator=g)
+        xt = ddpm.add_noise(x0, noise, t)
+        with reference_attention(unet, uncond="keep") as st:
+            if use_ref:
+                write_reference(st, lambda: unet(ref, torch.zeros((), dtype=torch.long), encoder_hidden_states=ctx),
+                                grad=torch.is_grad_enabled())
+            else:
+                st.mode = "off"
+            pred = unet(xt, t, encoder_hidden_states=ctx).sample
+        target = ddpm.get_velocity(x0, noise, t) if objective == "v" else noise
+        return F.mse_loss(pred, target)
+
+    t0 = time.time()
+    for _ in range(steps):
+        x0, ref = batch()
+        ls = loss(x0, ref, torch.randint(0, 1000, (1,), generator=g), True)
+        opt.zero_grad()
+        ls.backward()
+        opt.step()
+    with torch.no_grad():
+        pairs = [batch() for _ in range(30)]
+        t = torch.tensor([eval_t])
+        with_ref = sum(loss(x, r, t, True).item() for x, r in pairs) / len(pairs)
+        without = sum(loss(x, r, t, False).item() for x, r in pairs) / len(pairs)
+    return {"loss_with_reference": round(with_ref, 4), "loss_without_reference": round(without, 4),
+            "gain": round(1 - with_ref / without, 3), "seconds": round(time.time() - t0, 1)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--eval-t", type=int, default=980)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--objectives", nargs="+", default=["eps", "v"], choices=["eps", "v"])
+    a = ap.parse_args()
+    setup(models=False)
+    write_result("reference_learning", {"spec": vars(a), **{o: run(o, a.steps, a.eval_t, a.heads) for o in a.objectives}})
+
+
+if __name__ == "__main__":
+    main()
