@@ -98,7 +98,7 @@ try {
     const t0 = Date.now();
     const dialog = await openTemplates();
     await dialog.getByTestId(`template-workflow-${name}`).click();
-    await page.waitForFunction((n) => window.app.graph.nodes.length === n, ui.nodes.length, { timeout: 30000 });
+    await page.waitForFunction((n) => window.app.graph.nodes.length === n, ui.nodes.length, { timeout: 120000 });
     await page.waitForTimeout(800);
     r.loaded = await page.evaluate(() => window.app.graph.nodes.map((n) => ({ id: n.id, type: n.type })));
     // DOM: every node is rendered with its title and every widget's name.
