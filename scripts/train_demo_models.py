@@ -105,6 +105,10 @@ def main():
     ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of the UNet stage (cosine decay to 0)")
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--heads", type=int, default=8, help="spatial attention heads of the 32-channel level (8: 4-channel heads)")
+    ap.add_argument("--prediction", choices=["epsilon", "v_prediction"], default="epsilon",
+                    help="training target, saved in the scheduler config the pipe samples with; benchmarks/reference_learning.py "
+                         "shows only v-prediction rewards taking appearance from the reference. (Personalisation still "
+                         "trains ε targets: use epsilon until it follows the config.)")
     a = ap.parse_args()
     import pack_alias
 
@@ -130,7 +134,7 @@ def main():
 
     os.makedirs(a.work, exist_ok=True)
     ckpt_path = os.path.join(a.work, "checkpoint.pt")
-    args_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "steps", "seed", "lr", "heads")}
+    args_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "steps", "seed", "lr", "heads", "prediction")}
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
@@ -197,6 +201,7 @@ def main():
 
     sched_cfg = dict(DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                                    set_alpha_to_one=False, steps_offset=1).config)
+    sched_cfg["prediction_type"] = a.prediction
     ddpm = DDPMScheduler.from_config(sched_cfg)
     with torch.no_grad():
         tok = torch.tensor([[49406, 49407] + [49407] * 75])
@@ -234,7 +239,7 @@ def main():
                 st.mode = "off"
             st.frames = CLIP
             pred = unet(xt + feat, t, encoder_hidden_states=ctx.repeat(CLIP, 1, 1)).sample
-        loss = F.mse_loss(pred, noise)
+        loss = F.mse_loss(pred, ddpm.get_velocity(x0, noise, t) if a.prediction == "v_prediction" else noise)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -272,7 +277,7 @@ def main():
     assert not missing, missing[:3]
     ad_out.save_pretrained(os.path.join(out, "motion_adapter"))
     pc.save(os.path.join(out, "pose_controller.safetensors"))
-    log = {"seed": a.seed, "heads": a.heads, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
+    log = {"seed": a.seed, "heads": a.heads, "prediction": a.prediction, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
            "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],
            "seconds_this_run": round(time.time() - t0, 1),
            "train_data": f"training range only (identity and sequence seeds < {EVAL_BASE}): {N} posed bodies (all motions), "
