@@ -40,6 +40,7 @@ class _Run:
         self.written = False
         self.reads_rows: Optional[torch.Tensor] = None  # bool per row of the current call
         self.active = False  # inside start/end percent at the current call
+        self.sigma_range = (0.0, float("inf"))  # (σ at end_percent, σ at start_percent), set with the write pass
 
 
 class CausalReferencePatch:
@@ -79,12 +80,11 @@ class CausalReferencePatch:
         n = x.shape[0] // max(len(cond_or_uncond), 1)
         if not run.written:
             self._write(executor, base, x, c_concat, c_crossattn, transformer_options, kwargs, cond_or_uncond, n)
-        sigma = float(t.flatten()[0])
-        hi = float(ms.percent_to_sigma(self.start_percent))
-        lo = float(ms.percent_to_sigma(self.end_percent))
-        run.active = lo <= sigma <= hi
-        rows = torch.tensor([cond_or_uncond[min(r // n, len(cond_or_uncond) - 1)] == 0 for r in range(x.shape[0])])
-        run.reads_rows = None if self.uncond == "keep" else rows
+            run.sigma_range = (float(ms.percent_to_sigma(self.end_percent)), float(ms.percent_to_sigma(self.start_percent)))
+        lo, hi = run.sigma_range
+        run.active = lo <= float(t.flatten()[0]) <= hi
+        run.reads_rows = None if self.uncond == "keep" else \
+            torch.tensor([cond_or_uncond[min(r // n, len(cond_or_uncond) - 1)] == 0 for r in range(x.shape[0])])
         run.mode = "read"
         try:
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

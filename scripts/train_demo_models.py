@@ -177,6 +177,14 @@ def main():
                     "rng": g.get_state()}, tmp)
         os.replace(tmp, ckpt_path)
 
+    def end_step(stage, i, total, loss, key):
+        """Bookkeeping after step ``i`` of a stage: the resumable state, a log line every 100 steps, a checkpoint."""
+        state.update(step=i + 1, **{key: round(loss.item(), 4)})
+        if i % 100 == 0 or i == total - 1:
+            print(f"{stage} {i} {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
+        if (i + 1) % a.ckpt_every == 0:
+            save_ckpt()
+
     if state["stage"] == "vae":
         for i in range(state["step"], a.vae_steps):
             x = torch.cat([paint(geos[_draw_int(g, N)], training_seed(g), training_seed(g), [_draw_int(g, FRAMES)]) for _ in range(16)])
@@ -186,11 +194,7 @@ def main():
             vae_opt.zero_grad()
             loss.backward()
             vae_opt.step()
-            state.update(step=i + 1, vae_loss=round(loss.item(), 4))
-            if i % 100 == 0 or i == a.vae_steps - 1:
-                print(f"vae {i} {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
-            if (i + 1) % a.ckpt_every == 0:
-                save_ckpt()
+            end_step("vae", i, a.vae_steps, loss, "vae_loss")
         with torch.no_grad():  # latent statistics -> scaling factor (unit variance, as SD's 0.18215 was chosen)
             x = torch.cat([paint(geos[i % N], 10 + i, 20 + i, [i % FRAMES]) for i in range(256)])
             z = vae.encode(x).latent_dist.mean
@@ -245,11 +249,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        state.update(step=i + 1, loss=round(loss.item(), 4))
-        if i % 100 == 0 or i == a.steps - 1:
-            print(f"unet {i} {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
-        if (i + 1) % a.ckpt_every == 0:
-            save_ckpt()
+        end_step("unet", i, a.steps, loss, "loss")
     unet.eval()
     out = a.out
     if os.path.isdir(out):

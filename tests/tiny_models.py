@@ -76,81 +76,71 @@ def _save(sd: Dict[str, torch.Tensor], path: str) -> str:
 # ----------------------------------------------------------------------------- ComfyUI-made originals
 
 
+def sd15_unet_args(width_mult: int = 1) -> dict:
+    """Core ``UNetModel`` arguments of the tiny SD1.5 UNet (``width_mult`` × its channels)."""
+    return dict(image_size=32, in_channels=4, out_channels=4, model_channels=SD15["model_channels"] * width_mult,
+                num_res_blocks=SD15["num_res_blocks"], channel_mult=SD15["channel_mult"], use_spatial_transformer=True,
+                transformer_depth=[1, 0], transformer_depth_output=[1, 1, 0, 0], transformer_depth_middle=1,
+                context_dim=SD15["context_dim"], num_heads=SD15["num_heads"], legacy=False, use_linear_in_transformer=False)
+
+
+def svd_unet_args(adm_in_channels: int = SVD["adm_in_channels"]) -> dict:
+    """Core ``UNetModel`` arguments of the tiny SVD UNet (ADM width: diffusers' 96 by default, core's own 768)."""
+    return dict(image_size=32, in_channels=8, out_channels=4, model_channels=SVD["model_channels"],
+                num_res_blocks=SVD["num_res_blocks"], channel_mult=SVD["channel_mult"], use_spatial_transformer=True,
+                transformer_depth=[1, 0], transformer_depth_output=[1, 1, 0, 0], transformer_depth_middle=1,
+                context_dim=SVD["context_dim"], adm_in_channels=adm_in_channels, num_classes="sequential",
+                use_linear_in_transformer=True, num_heads=-1, num_head_channels=64, legacy=False, extra_ff_mix_layer=True,
+                use_spatial_context=True, merge_strategy="learned_with_images", merge_factor=0.0,
+                video_kernel_size=[3, 1, 1], use_temporal_resblock=True, use_temporal_attention=True,
+                disable_temporal_crossattention=False, max_ddpm_temb_period=10000)
+
+
 def comfy_sd15_unet(seed=1):
     ensure_comfy_importable()
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    m = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=SD15["model_channels"],
-                  num_res_blocks=SD15["num_res_blocks"], channel_mult=SD15["channel_mult"],
-                  use_spatial_transformer=True, transformer_depth=[1, 0], transformer_depth_output=[1, 1, 0, 0],
-                  transformer_depth_middle=1, context_dim=SD15["context_dim"], num_heads=SD15["num_heads"],
-                  legacy=False, use_linear_in_transformer=False)
-    return _randomise(m, seed)
+    return _randomise(UNetModel(**sd15_unet_args()), seed)
 
 
 def comfy_svd_unet(seed=2):
     ensure_comfy_importable()
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    m = UNetModel(image_size=32, in_channels=8, out_channels=4, model_channels=SVD["model_channels"],
-                  num_res_blocks=SVD["num_res_blocks"], channel_mult=SVD["channel_mult"],
-                  use_spatial_transformer=True, transformer_depth=[1, 0], transformer_depth_output=[1, 1, 0, 0],
-                  transformer_depth_middle=1, context_dim=SVD["context_dim"], adm_in_channels=SVD["adm_in_channels"],
-                  num_classes="sequential", use_linear_in_transformer=True, num_heads=-1, num_head_channels=64,
-                  legacy=False, extra_ff_mix_layer=True, use_spatial_context=True,
-                  merge_strategy="learned_with_images", merge_factor=0.0, video_kernel_size=[3, 1, 1],
-                  use_temporal_resblock=True, use_temporal_attention=True, disable_temporal_crossattention=False,
-                  max_ddpm_temb_period=10000)
-    return _randomise(m, seed)
+    return _randomise(UNetModel(**svd_unet_args()), seed)
 
 
-def core_sd15_patcher(width_mult: int = 1, seed: int = 1):
-    """Core's own SD1.5 model (``comfy.model_base.BaseModel`` with the ``SD15`` config class, ε-prediction) at the
-    tiny test width (``width_mult`` × channels, 8 heads), in core's ``ModelPatcher`` on the CPU.  At width 1 its UNet
-    weights are the tiny single file's (``comfy_sd15_unet``).  Built directly because core's checkpoint detection
-    refuses tiny widths (research/native.md); the classes are the real ones."""
+def _core_patcher(config_name: str, unet_args: dict, state_dict=None, seed: int = 0):
+    """Core's own model class for ``comfy.supported_models.<config_name>`` built from ``unet_args`` on the CPU, in core's
+    ``ModelPatcher``; UNet weights from ``state_dict``, else random (``seed``)."""
     ensure_comfy_importable()
-    import comfy.model_base
     import comfy.model_patcher
     import comfy.supported_models
 
-    unet_config = dict(image_size=32, in_channels=4, out_channels=4, model_channels=SD15["model_channels"] * width_mult,
-                       num_res_blocks=[1, 1], channel_mult=list(SD15["channel_mult"]), use_spatial_transformer=True,
-                       transformer_depth=[1, 0], transformer_depth_output=[1, 1, 0, 0], transformer_depth_middle=1,
-                       context_dim=SD15["context_dim"], num_heads=SD15["num_heads"], num_head_channels=-1,
-                       legacy=False, use_linear_in_transformer=False, adm_in_channels=None, use_temporal_attention=False)
-    mc = comfy.supported_models.SD15(unet_config)
+    mc = getattr(comfy.supported_models, config_name)(unet_args)
     mc.set_inference_dtype(torch.float32, None)
-    model = comfy.model_base.BaseModel(mc, device=torch.device("cpu"))
-    if width_mult == 1:
-        model.diffusion_model.load_state_dict(comfy_sd15_unet(seed).state_dict())
+    model = mc.get_model({}, device=torch.device("cpu"))
+    if state_dict is not None:
+        model.diffusion_model.load_state_dict(state_dict)
     else:
         _randomise(model.diffusion_model, seed)
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def core_sd15_patcher(width_mult: int = 1, seed: int = 1):
+    """Core's own SD1.5 model (``comfy.model_base.BaseModel`` through the ``SD15`` config class, ε-prediction) at the
+    tiny test width (``width_mult`` × channels, 8 heads), in core's ``ModelPatcher`` on the CPU.  At width 1 its UNet
+    weights are the tiny single file's (``comfy_sd15_unet``).  Built directly because core's checkpoint detection
+    refuses tiny widths (research/native.md); the classes are the real ones."""
+    weights = comfy_sd15_unet(seed).state_dict() if width_mult == 1 else None
+    return _core_patcher("SD15", sd15_unet_args(width_mult), weights, seed)
 
 
 def core_svd_patcher(seed: int = 2):
     """Core's own SVD model (``comfy.model_base.SVD_img2vid``, v-prediction EDM, temporal attention and resblocks) at
     the tiny SVD test width, in core's ``ModelPatcher`` on the CPU.  Its ADM input is core's (3 × 256 from its own
     timestep embedder), so the weights are random, not the tiny single file's (whose ADM width is diffusers' 96)."""
-    ensure_comfy_importable()
-    import comfy.model_base
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    unet_config = dict(image_size=32, in_channels=8, out_channels=4, model_channels=SVD["model_channels"],
-                       num_res_blocks=[1, 1], channel_mult=list(SVD["channel_mult"]), use_spatial_transformer=True,
-                       transformer_depth=[1, 0], transformer_depth_output=[1, 1, 0, 0], transformer_depth_middle=1,
-                       context_dim=SVD["context_dim"], adm_in_channels=768, num_classes="sequential",
-                       use_linear_in_transformer=True, legacy=False, extra_ff_mix_layer=True, use_spatial_context=True,
-                       merge_strategy="learned_with_images", merge_factor=0.0, video_kernel_size=[3, 1, 1],
-                       use_temporal_resblock=True, use_temporal_attention=True, disable_temporal_crossattention=False,
-                       max_ddpm_temb_period=10000)
-    mc = comfy.supported_models.SVD_img2vid(unet_config)
-    mc.set_inference_dtype(torch.float32, None)
-    model = comfy.model_base.SVD_img2vid(mc, device=torch.device("cpu"))
-    _randomise(model.diffusion_model, seed)
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+    return _core_patcher("SVD_img2vid", svd_unet_args(adm_in_channels=768), None, seed)
 
 
 NATIVE_SD15_FILE = "checkpoints/native_sd15_320.safetensors"
