@@ -7,7 +7,8 @@ What trains (``target``):
 * plus, optionally, the pose controller and the identity adapter of the pipe.
 
 Defaults follow thu-ml ControlVideo's one-shot config (PoseCrafter's base): 8 frames per step drawn at random
-from the video (sorted), AdamW lr 3e-5, weight decay 1e-2, gradient clipping 1.0, ε-MSE with one timestep shared
+from the video (sorted), AdamW lr 3e-5, weight decay 1e-2, gradient clipping 1.0, MSE on the weights' own target (ε or v, from the
+scheduler config) with one timestep shared
 by all frames of a step, 300 steps; gradient checkpointing on; bf16 autocast on CUDA devices that support it.
 An 80/20 split keeps every fifth frame out of training for evaluation.
 
@@ -183,7 +184,7 @@ def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Op
     """Train; returns (Personalised, personalised pipe).  ``frames``: IMAGE (F, H, W, 3); ``skeleton``: their pose
     maps (needed when the pipe has a ControlNet or the pose controller trains)."""
     from .pose_controller import maps_to_tensor
-    from .sampling import check_size, controlnet_hint, encode_prompts, encode_video, unet_video
+    from .sampling import check_size, controlnet_hint, encode_prompts, encode_video, training_target, unet_video
 
     s = settings
     if bb.family != "sd15":
@@ -293,7 +294,7 @@ def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Op
                                                   controlnet_cond=hint, return_dict=False)
                     extra = dict(down_block_additional_residuals=down, mid_block_additional_residual=mid)
                 pred = unet_video(unet, motion, xt, t, ctx.repeat_interleave(n, 0), **extra)
-                loss = F.mse_loss(pred.float(), noise.float())
+                loss = F.mse_loss(pred.float(), training_target(sched, x0, noise, t).float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if s.grad_clip:
@@ -333,10 +334,11 @@ def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Op
 
 @torch.no_grad()
 def eval_loss(bb, frames: torch.Tensor, indices: List[int], seed: int = 123, timesteps=(100, 400, 700), prompt: str = "") -> float:
-    """ε-MSE of the pipe on the given frames at fixed timesteps and noise (deterministic; for tests and reports)."""
+    """MSE of the pipe's prediction (ε, v or x0, as its scheduler config says) on the given frames at fixed timesteps
+    and noise (deterministic; for tests and reports)."""
     from diffusers import DDPMScheduler
 
-    from .sampling import encode_prompts, encode_video, unet_video
+    from .sampling import encode_prompts, encode_video, training_target, unet_video
 
     lat = encode_video(bb, frames[indices])
     ctx = encode_prompts(bb, [prompt])
@@ -349,7 +351,7 @@ def eval_loss(bb, frames: torch.Tensor, indices: List[int], seed: int = 123, tim
         t = torch.tensor([tv], device=bb.device)
         xt = sched.add_noise(lat.to(bb.device, bb.dtype), noise, t)
         pred = unet_video(bb.unet, bb.motion_adapter is not None, xt, t, ctx.repeat_interleave(n, 0))
-        tot += F.mse_loss(pred.float(), noise.float()).item()
+        tot += F.mse_loss(pred.float(), training_target(sched, lat.to(bb.device, bb.dtype), noise, t).float()).item()
     return tot / len(timesteps)
 
 

@@ -175,6 +175,45 @@ SD15_SCHEDULERS = {
 }
 
 
+def training_target(sched, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
+    """What the UNet is trained to predict, as its scheduler config says (ε, v or x0): personalisation and evaluation
+    follow the weights' own ``prediction_type`` instead of assuming ε."""
+    kind = sched.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return sched.get_velocity(x0, noise, t)
+    if kind == "sample":
+        return x0
+    raise BadInputError(f"The backbone's scheduler has prediction_type {kind!r}; expected epsilon, v_prediction or sample.")
+
+
+def output_to_eps(sched, out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The ε the model output implies at a noisy latent ``x`` with ᾱ = ``alpha_bar``."""
+    kind = sched.config.prediction_type
+    if kind == "epsilon":
+        return out
+    a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if kind == "v_prediction":
+        return a * out + b * x
+    if kind == "sample":
+        return (x - a * out) / b.clamp_min(1e-8)
+    raise BadInputError(f"The backbone's scheduler has prediction_type {kind!r}; expected epsilon, v_prediction or sample.")
+
+
+def predicted_x0(sched, out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The clean latent the model output implies at a noisy latent ``x`` with ᾱ = ``alpha_bar``."""
+    kind = sched.config.prediction_type
+    a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if kind == "epsilon":
+        return (x - b * out) / a
+    if kind == "v_prediction":
+        return a * x - b * out
+    if kind == "sample":
+        return out
+    raise BadInputError(f"The backbone's scheduler has prediction_type {kind!r}; expected epsilon, v_prediction or sample.")
+
+
 def make_scheduler(bb, name: str):
     import diffusers
 
@@ -458,9 +497,10 @@ def ddim_invert(bb, latents: torch.Tensor, s: VideoSettings, reference: Optional
     Same UNet path as :func:`sample_video` (motion module, ControlNet on ``skeleton``, pose controller, reference
     attention, identity), with ``s.cfg`` as guidance — PoseCrafter/ControlVideo invert at guidance 1 (conditional
     only) with the ControlNet on; sampling the result with the *same* settings retraces the inversion.
-    Timesteps run upward; ε is evaluated on the current latent at the next timestep (Tune-A-Video / null-text style).
-    ``refine`` > 0 adds fixed-point iterations per step (ε re-evaluated on the new latent), which makes the
-    inversion the exact inverse of the DDIM step up to convergence; 0 is the plain rule PoseCrafter used.
+    Timesteps run upward; the model is evaluated on the current latent at the next timestep (Tune-A-Video / null-text
+    style): the ε the model output implies is held fixed (the plain rule PoseCrafter used), for ε, v and x0 models; at
+    zero terminal SNR the last step holds x̂0 fixed instead, since ε and x_T coincide there. ``refine`` > 0 adds fixed-point iterations per step (the model
+    re-evaluated on the new latent), which makes the inversion the exact inverse of the DDIM step up to convergence.
     """
     from diffusers import DDIMScheduler
 
@@ -490,8 +530,13 @@ def ddim_invert(bb, latents: torch.Tensor, s: VideoSettings, reference: Optional
             xd = x.to(torch.float64)
             guess = x
             for _ in range(1 + max(0, int(refine))):
-                eps = run.predict(sched, guess, tt, idx, st).to(torch.float64)
-                x0 = (xd - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
+                out = run.predict(sched, guess, tt, idx, st).to(torch.float64)
+                if a_next > 1e-6:  # ε held fixed between neighbouring latents (Tune-A-Video / PoseCrafter's rule)
+                    eps = output_to_eps(sched, out, guess.to(torch.float64), a_next)
+                    x0 = (xd - (1 - a_cur).sqrt() * eps) / a_cur.sqrt()
+                else:  # zero terminal SNR: ε and x_T coincide there, so x̂0 is held fixed instead
+                    x0 = predicted_x0(sched, out, guess.to(torch.float64), a_next)
+                    eps = (xd - a_cur.sqrt() * x0) / (1 - a_cur).sqrt()
                 guess = (a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps).to(bb.dtype)
             x = guess
             _check_finite(x, "The inverted latent")

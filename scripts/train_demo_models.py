@@ -107,8 +107,12 @@ def main():
     ap.add_argument("--heads", type=int, default=8, help="spatial attention heads of the 32-channel level (8: 4-channel heads)")
     ap.add_argument("--prediction", choices=["epsilon", "v_prediction"], default="epsilon",
                     help="training target, saved in the scheduler config the pipe samples with; benchmarks/reference_learning.py "
-                         "shows only v-prediction rewards taking appearance from the reference. (Personalisation still "
-                         "trains ε targets: use epsilon until it follows the config.)")
+                         "shows only v-prediction rewards taking appearance from the reference; personalisation and DDIM "
+                         "inversion follow the saved prediction type")
+    ap.add_argument("--zero-snr", action="store_true",
+                    help="rescale the betas to zero terminal SNR and sample with trailing timesteps (Lin et al. 2024, "
+                         "'Common diffusion noise schedules and sample steps are flawed'; needs v-prediction): at t = T "
+                         "the noisy latent then leaks no colour, so the reference is the only place appearance can come from")
     a = ap.parse_args()
     import pack_alias
 
@@ -134,7 +138,9 @@ def main():
 
     os.makedirs(a.work, exist_ok=True)
     ckpt_path = os.path.join(a.work, "checkpoint.pt")
-    args_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "steps", "seed", "lr", "heads", "prediction")}
+    if a.zero_snr and a.prediction != "v_prediction":
+        ap.error("--zero-snr needs --prediction v_prediction (ε is undefined at zero SNR)")
+    args_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "steps", "seed", "lr", "heads", "prediction", "zero_snr")}
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
@@ -206,6 +212,8 @@ def main():
     sched_cfg = dict(DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
                                    set_alpha_to_one=False, steps_offset=1).config)
     sched_cfg["prediction_type"] = a.prediction
+    if a.zero_snr:
+        sched_cfg.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
     ddpm = DDPMScheduler.from_config(sched_cfg)
     with torch.no_grad():
         tok = torch.tensor([[49406, 49407] + [49407] * 75])
@@ -277,7 +285,7 @@ def main():
     assert not missing, missing[:3]
     ad_out.save_pretrained(os.path.join(out, "motion_adapter"))
     pc.save(os.path.join(out, "pose_controller.safetensors"))
-    log = {"seed": a.seed, "heads": a.heads, "prediction": a.prediction, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
+    log = {"seed": a.seed, "heads": a.heads, "prediction": a.prediction, "zero_snr": a.zero_snr, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
            "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],
            "seconds_this_run": round(time.time() - t0, 1),
            "train_data": f"training range only (identity and sequence seeds < {EVAL_BASE}): {N} posed bodies (all motions), "

@@ -34,6 +34,23 @@ def _hash(sd):
     return h.hexdigest()
 
 
+def test_v_prediction_pipe_trains_on_its_own_target(ad):
+    """A v-prediction, zero-terminal-SNR pipe (the demo model's schedule) personalises toward v, not ε: with the same
+    seed the first step sees the same UNet output and noise, so its recorded loss differs from the ε pipe's only by the
+    target (``training_target``, unit-tested in test_reference.py), and the v-loss falls."""
+    import dataclasses
+
+    vp = dataclasses.replace(ad, scheduler_config=dict(ad.scheduler_config, prediction_type="v_prediction",
+                                                       rescale_betas_zero_snr=True, timestep_spacing="trailing"))
+    frames, train = _video(), list(range(10))
+    s = TrainSettings(steps=30, lr=1e-3, frames_per_step=4, target="posecrafter")
+    loss0 = eval_loss(vp, frames, train, timesteps=(100, 500, 999))
+    rv, tuned = personalise(vp, frames, s)
+    re, _ = personalise(ad, frames, TrainSettings(steps=1, lr=1e-3, frames_per_step=4, target="posecrafter"))
+    assert rv.meta["loss_curve"][0] != re.meta["loss_curve"][0]
+    assert eval_loss(tuned, frames, train, timesteps=(100, 500, 999)) < loss0
+
+
 def test_training_lowers_loss_and_changes_only_intended_tensors(ad, tmp_path):
     frames = _video()
     before_pipe = _hash(ad.unet.state_dict())
