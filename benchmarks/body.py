@@ -24,9 +24,9 @@ def main():
     setup()
     import torch
 
-    from performer_pkg.models import body as B
-    from performer_pkg.models.fit import body_to_pose, fit_to_keypoints
-    from performer_pkg.models.render import Renderer, human_flow, part_labels
+    from performer_pkg.models.body import smplx as B
+    from performer_pkg.models.body.fit import body_to_pose, fit_to_keypoints
+    from performer_pkg.models.body.render import Renderer, human_flow, part_labels
 
     bm = B.get_body_model()
     cam = B.Camera.default(a.size, a.size)

@@ -5,7 +5,7 @@ at 512×512, bf16, 25 steps, on an H100.
     python benchmarks/gpu_realsize.py                       # both backbones, 512², 16 / 14 frames, 25 steps, bf16, CUDA
     python benchmarks/gpu_realsize.py --tiny                # the same code on the CPU at a toy size (a smoke run)
 
-The architectures come from models/configs/*.json (the real SD1.5 UNet / VAE / CLIP-L text encoder, AnimateDiff v2
+The architectures come from models/backbones/configs/*.json (the real SD1.5 UNet / VAE / CLIP-L text encoder, AnimateDiff v2
 motion adapter, SVD-xt UNet / temporal VAE / ViT-H image encoder); the tokenizer from assets/demo_models (OpenAI CLIP
 BPE).  Timed: ``sample_video`` (denoising, with the reference pass when on), and the chunked VAE decode separately;
 each mode once for warm-up, then the median of ``--repeats``.  Writes out/benchmarks/gpu_realsize.json.
@@ -22,7 +22,7 @@ from _common import REPO, write_result
 
 def build(backbone: str, device, dtype, tiny: bool):
     import torch
-    from performer_pkg.models.backbones import Backbone, load_clip_tokenizer, reference_config
+    from performer_pkg.models.backbones.loaders import Backbone, load_clip_tokenizer, reference_config
 
     def cfg(name, **over):
         c = {k: v for k, v in reference_config(name).items() if not k.startswith("_")}
@@ -50,7 +50,7 @@ def build(backbone: str, device, dtype, tiny: bool):
         from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        from performer_pkg.models import convert_svd
+        from performer_pkg.models.backbones import convert_svd
 
         small = dict(block_out_channels=[32, 64, 64, 64], cross_attention_dim=32, num_attention_heads=[2, 4, 4, 4]) if tiny else {}
         unet = UNetSpatioTemporalConditionModel.from_config(cfg("svd_unet.json", **small))
@@ -84,7 +84,7 @@ def main():
     pack_alias.register_package()
     import torch
 
-    from performer_pkg.models.sampling import VideoSettings, decode_latents, encode_reference, sample_video
+    from performer_pkg.models.sampling.sampler import VideoSettings, decode_latents, encode_reference, sample_video
 
     if a.tiny:
         a.size, a.steps, a.repeats, a.dtype = 64, 2, 1, "fp32"

@@ -23,7 +23,7 @@ def main():
     setup()
     import torch
 
-    from performer_pkg.models.ivr import IVR, IVRConfig, fit_ivr
+    from performer_pkg.models.refine.ivr import IVR, IVRConfig, fit_ivr
 
     res = {"device": a.device, "backend": a.backend, "threads": torch.get_num_threads(), "results": {}}
     for size in (64, 256):

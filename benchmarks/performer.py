@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/performer.py [--seed 1000021 --character 1000007 --motion walk --cross-motion dance --seeds 0 1]
 
-Data (models/performer.py, a seed and a spec → ground truth): one performer from the generator's evaluation range
+Data (models/evaluate/performer.py, a seed and a spec → ground truth): one performer from the generator's evaluation range
 (identity and sequence seeds >= EVAL_BASE; the demo model trained only below it, so identity, background and motion
 instance are unseen; the script refuses specs outside that range),
 ``--frames`` frames of ``--motion`` at ``--size`` px.  DiffPerformer's split: the first 80 % of the frames are the
@@ -57,7 +57,7 @@ COLUMNS = [("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"), ("l1"
 
 
 def load_demo_pipe(models: str):
-    from performer_pkg.models.backbones import load_backbone, with_motion_module, with_pose_controller
+    from performer_pkg.models.backbones.loaders import load_backbone, with_motion_module, with_pose_controller
 
     bb = load_backbone(os.path.join(models, "sd15"), tokenizer_dirs=[os.path.join(models, "sd15", "tokenizer")])
     bb = with_motion_module(bb, os.path.join(models, "motion_adapter"))
@@ -80,7 +80,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=os.path.join(REPO, "assets", "demo_models"))
     ap.add_argument("--seed", type=int, default=1_000_021, help="performer sequence seed (background, motion phase); "
-                    "evaluation range only (>= models.performer.EVAL_BASE)")
+                    "evaluation range only (>= models.evaluate.performer.EVAL_BASE)")
     ap.add_argument("--character", type=int, default=1_000_007, help="performer identity seed, evaluation range only")
     ap.add_argument("--noise", type=float, default=8.0, help="σ in grey levels of the ground-truth-with-noise baseline")
     ap.add_argument("--motion", default="walk")
@@ -106,15 +106,15 @@ def main():
     import torch
 
     torch.set_num_threads(a.threads)
-    from performer_pkg.models import metrics as M
-    from performer_pkg.models.body import get_body_model, transfer_shape
-    from performer_pkg.models.ivr import IVRConfig, LoopSettings, refine_loop
-    from performer_pkg.models.performer import PerformerSpec, generate, split_of
-    from performer_pkg.models.personalise import TrainSettings, personalise
-    from performer_pkg.models.pose import draw
-    from performer_pkg.models.posecrafter import PoseCrafterSettings, posecrafter
-    from performer_pkg.models.render import render_normals
-    from performer_pkg.models.sampling import (VideoSettings, decode_latents, encode_reference, encode_video,
+    from performer_pkg.models.evaluate import metrics as M
+    from performer_pkg.models.body.smplx import get_body_model, transfer_shape
+    from performer_pkg.models.refine.ivr import IVRConfig, LoopSettings, refine_loop
+    from performer_pkg.models.evaluate.performer import PerformerSpec, generate, split_of
+    from performer_pkg.models.posecrafter.personalise import TrainSettings, personalise
+    from performer_pkg.models.pose.sequence import draw
+    from performer_pkg.models.posecrafter.inference import PoseCrafterSettings, posecrafter
+    from performer_pkg.models.body.render import render_normals
+    from performer_pkg.models.sampling.sampler import (VideoSettings, decode_latents, encode_reference, encode_video,
                                                sample_video)
 
     t_start = time.time()

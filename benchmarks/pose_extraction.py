@@ -46,7 +46,7 @@ def main():
     ap.add_argument("--openpose-dir", default="")
     a = ap.parse_args()
     setup()
-    from performer_pkg.models.pose_extract import DWPoseExtractor, MediaPipeExtractor
+    from performer_pkg.models.pose.extract import DWPoseExtractor, MediaPipeExtractor
 
     x = frames(a.frames)
     res = {"frames": a.frames, "size": 512, "results": {}}
@@ -76,7 +76,7 @@ def main():
         torch.save({".".join(k.split(".")[1:]): v for k, v in bodypose_model().state_dict().items()},
                    os.path.join(od, "body_pose_model.pth"))
         olabel = "openpose_body_real_size_random_weights"
-    from performer_pkg.models.pose_extract import OpenPoseExtractor
+    from performer_pkg.models.pose.extract import OpenPoseExtractor
 
     op = OpenPoseExtractor(od, hands=bool(a.openpose_dir), face=bool(a.openpose_dir))
     res["results"][olabel] = {"fps": round(timed(op, x[:4]), 3)}

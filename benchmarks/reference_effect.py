@@ -28,10 +28,10 @@ def main():
     import torch
 
     from performer import load_demo_pipe
-    from performer_pkg.models import metrics as M
-    from performer_pkg.models.performer import PerformerSpec, generate, split_of
-    from performer_pkg.models.pose import draw
-    from performer_pkg.models.sampling import (VideoSettings, decode_latents, encode_reference, encode_video,
+    from performer_pkg.models.evaluate import metrics as M
+    from performer_pkg.models.evaluate.performer import PerformerSpec, generate, split_of
+    from performer_pkg.models.pose.sequence import draw
+    from performer_pkg.models.sampling.sampler import (VideoSettings, decode_latents, encode_reference, encode_video,
                                                sample_video)
 
     if split_of(a.seed, a.character) != "eval" or split_of(a.seed, a.other) != "eval":

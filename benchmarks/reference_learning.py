@@ -20,7 +20,7 @@ def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0):
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from performer_pkg.models.reference_attention import reference_attention, write_reference
+    from performer_pkg.models.attention.reference import reference_attention, write_reference
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),

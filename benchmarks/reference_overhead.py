@@ -13,7 +13,7 @@ second on them than on SD1.5's 40-channel heads (benchmarks/attention_heads.py).
 with K× the channels (random weights; speed does not depend on them): 8 heads of 4·K channels.  Raise
 ``--size`` with it (K = 2: 56 px) to keep the tokens-to-channels ratio.
 
-``--realsize`` builds the real SD1.5 UNet + AnimateDiff v2 motion module (or SVD-xt) from models/configs with random
+``--realsize`` builds the real SD1.5 UNet + AnimateDiff v2 motion module (or SVD-xt) from models/backbones/configs with random
 weights (benchmarks/gpu_realsize.build) and times it on this CPU in fp32.  A full 16-frame, 25-step run would take hours
 here, so it runs few frames and steps (defaults 4 and 4): that gives the one reference pass a far larger share of the
 run than in real use, so the ratio it reports is an upper bound on the real one.
@@ -44,9 +44,9 @@ def main():
     paths = setup(models=not a.realsize)  # --realsize builds its own models
     import torch
 
-    from performer_pkg.models.backbones import load_backbone, with_motion_module
-    from performer_pkg.models.reference_attention import ReferenceState
-    from performer_pkg.models.sampling import VideoSettings, encode_reference, sample_video
+    from performer_pkg.models.backbones.loaders import load_backbone, with_motion_module
+    from performer_pkg.models.attention.reference import ReferenceState
+    from performer_pkg.models.sampling.sampler import VideoSettings, encode_reference, sample_video
 
     if a.realsize:
         from gpu_realsize import build

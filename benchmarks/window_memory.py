@@ -27,8 +27,8 @@ def child(frames: int, size: int, steps: int, backbone: str) -> dict:
     paths = setup()
     import torch
 
-    from performer_pkg.models.backbones import load_backbone, with_motion_module
-    from performer_pkg.models.sampling import VideoSettings, decode_latents, encode_reference, sample_video
+    from performer_pkg.models.backbones.loaders import load_backbone, with_motion_module
+    from performer_pkg.models.sampling.sampler import VideoSettings, decode_latents, encode_reference, sample_video
 
     if backbone == "svd":
         bb = load_backbone(paths["svd_file"])

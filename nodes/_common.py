@@ -108,7 +108,7 @@ def comfy_tokenizer_dir() -> str:
 def device_and_dtype(dtype_name: str):
     import comfy.model_management as mm
 
-    from ..models.backbones import resolve_dtype
+    from ..models.backbones.loaders import resolve_dtype
 
     device = mm.get_torch_device()
     if dtype_name == "auto":

@@ -27,7 +27,7 @@ def _model_path(choice):
 
 
 def _model_of(body):
-    from ..models.body import EMBEDDED, get_body_model
+    from ..models.body.smplx import EMBEDDED, get_body_model
 
     return get_body_model(None if body.model == EMBEDDED else body.model)
 
@@ -49,8 +49,8 @@ class PerformerFitBody(io.ComfyNode):
 
     @classmethod
     def execute(cls, pose, body_model, iterations, fov, person) -> io.NodeOutput:
-        from ..models.body import Camera, get_body_model
-        from ..models.fit import fit_to_keypoints
+        from ..models.body.smplx import Camera, get_body_model
+        from ..models.body.fit import fit_to_keypoints
 
         bm = get_body_model(_model_path(body_model))
         total = iterations + max(iterations // 3, 1)
@@ -80,7 +80,7 @@ class PerformerLoadBodyParams(io.ComfyNode):
 
     @classmethod
     def execute(cls, file, body_model, width, height, fov, fps) -> io.NodeOutput:
-        from ..models.body import EMBEDDED, Camera, from_estimator
+        from ..models.body.smplx import EMBEDDED, Camera, from_estimator
         from ..models.errors import BadInputError
         from ._common import input_path
 
@@ -109,13 +109,13 @@ class PerformerTransferShape(io.ComfyNode):
 
     @classmethod
     def execute(cls, driving, reference, expression) -> io.NodeOutput:
-        from ..models.body import transfer_shape
+        from ..models.body.smplx import transfer_shape
 
         return io.NodeOutput(transfer_shape(driving, reference, expression=expression))
 
 
 def _render_all(body, width, height, kinds, callback):
-    from ..models.render import render_sequence
+    from ..models.body.render import render_sequence
 
     bm = _model_of(body)
     return render_sequence(body, bm, width, height, kinds, callback), body.camera.scaled(width, height), bm
@@ -173,7 +173,7 @@ class PerformerBodyFlow(io.ComfyNode):
     @classmethod
     def execute(cls, body, width, height) -> io.NodeOutput:
         from ..models.errors import BadInputError
-        from ..models.render import flow_to_colour, human_flow
+        from ..models.body.render import flow_to_colour, human_flow
 
         if body.frames < 2:
             raise BadInputError(f"Human flow needs at least 2 body frames; got {body.frames}.")
@@ -204,7 +204,7 @@ class PerformerFlowPreview(io.ComfyNode):
 
     @classmethod
     def execute(cls, flow, max_pixels) -> io.NodeOutput:
-        from ..models.render import flow_to_colour
+        from ..models.body.render import flow_to_colour
 
         f, v = flow["flow"].numpy(), flow["valid"].numpy()
         m = max_pixels or max(float(np.percentile(np.linalg.norm(f[v], axis=-1), 99)) if v.any() else 1.0, 1.0)
@@ -224,7 +224,7 @@ class PerformerBodyToPose(io.ComfyNode):
 
     @classmethod
     def execute(cls, body) -> io.NodeOutput:
-        from ..models.fit import body_to_pose
+        from ..models.body.fit import body_to_pose
 
         return io.NodeOutput(body_to_pose(body, _model_of(body)))
 

@@ -15,7 +15,7 @@ CAT = f"{CATEGORY}/evaluate"
 class PerformerSyntheticPerformer(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        from ..models.performer import MOTIONS
+        from ..models.evaluate.performer import MOTIONS
 
         return io.Schema(
             node_id="PerformerSyntheticPerformer", display_name="Synthetic Performer (ground truth) 🎭", category=CAT,
@@ -44,7 +44,7 @@ class PerformerSyntheticPerformer(io.ComfyNode):
 
     @classmethod
     def execute(cls, seed, character, motion, frames, size, stripes, fps) -> io.NodeOutput:
-        from ..models.performer import PerformerSpec, generate
+        from ..models.evaluate.performer import PerformerSpec, generate
 
         g = generate(PerformerSpec(seed=seed, character=character, motion=motion, frames=frames, size=size, stripes=stripes, fps=fps))
         flow = {"flow": torch.from_numpy(g["flow"]), "valid": torch.from_numpy(g["valid"]), "width": size, "height": size}
@@ -79,7 +79,7 @@ class PerformerMetrics(io.ComfyNode):
     @classmethod
     def execute(cls, generated, ground_truth, gt_mask=None, background=None, gt_pose=None, gt_flow=None,
                 gt_parts=None) -> io.NodeOutput:
-        from ..models import metrics as M
+        from ..models.evaluate import metrics as M
 
         kw = {}
         if gt_mask is not None:

@@ -29,7 +29,7 @@ class PerformerLoadBackbone(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, dtype) -> io.NodeOutput:
-        from ..models.backbones import load_backbone
+        from ..models.backbones.loaders import load_backbone
 
         path = resolve(model, BACKBONE_KINDS)
         device, dt = device_and_dtype(dtype)
@@ -59,7 +59,7 @@ class PerformerAddMotionModule(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, motion_module) -> io.NodeOutput:
-        from ..models.backbones import with_motion_module
+        from ..models.backbones.loaders import with_motion_module
 
         return io.NodeOutput(with_motion_module(pipe, resolve(motion_module, ("animatediff_models",))))
 
@@ -83,7 +83,7 @@ class PerformerAddControlNet(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, controlnet) -> io.NodeOutput:
-        from ..models.backbones import with_controlnet
+        from ..models.backbones.loaders import with_controlnet
 
         return io.NodeOutput(with_controlnet(pipe, resolve(controlnet, ("controlnet",))))
 
@@ -107,7 +107,7 @@ class PerformerAddPoseController(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, pose_controller) -> io.NodeOutput:
-        from ..models.backbones import with_pose_controller
+        from ..models.backbones.loaders import with_pose_controller
 
         return io.NodeOutput(with_pose_controller(pipe, resolve(pose_controller, ("performer_adapters",))))
 
@@ -136,7 +136,7 @@ class PerformerAddIdentityAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, adapter, clip_vision, arcface) -> io.NodeOutput:
-        from ..models.backbones import with_identity_adapter
+        from ..models.backbones.loaders import with_identity_adapter
 
         pick = lambda name, kind: None if name == NONE else resolve(name, (kind,))  # noqa: E731
         return io.NodeOutput(with_identity_adapter(pipe, pick(adapter, "performer_adapters"), pick(clip_vision, "clip_vision"),

@@ -10,12 +10,24 @@ Apply Causal Reference (SCD) — how the patch works on core models (SD1.5 famil
   through the same model at t = 0 (σ_min), one row, with the conditional row's conditioning.  Every layer caches its
   reference K/V, keyed by block and transformer index; the reference attends only to itself (causal).
 * Later calls, every step and every context window of that run, **read**: target rows attend to
-  ``[K_ref, K_target]`` (:func:`models.attention_math.reference_attention`, the same maths as the pack's diffusers
+  ``[K_ref, K_target]`` (:func:`models.attention.maths.reference_attention`, the same maths as the pack's diffusers
   processors).  Rows of the unconditional CFG half read it in ``keep`` mode and do not in ``drop`` mode.
 * SVD's temporal blocks share the block key with the spatial ones; a layer call is spatial when its rows are the
   frames and its tokens the H·W positions of ``activations_shape``.
 * The input ``MODEL`` is never changed: everything lives in the clone's options, and the per-run state is dropped in
   ``finally``.
+
+Apply Pose Guidance (VividPose) — the pack's pose controller on core models:
+
+* ``OUTER_SAMPLE`` computes the controller's features of every frame once per run, at the run's latent size, on the
+  model's load device (:func:`models.guidance.pose_controller.pose_features`, the function the pipe uses) and drops
+  them when the run ends.
+* A ``DIFFUSION_MODEL`` wrapper adds each frame's features to the scaled noisy input the UNet receives (for SVD only
+  to the 4 noisy channels of the 8), in both CFG halves, as the pipe adds them after ``scale_model_input``.  The rows'
+  frames come from core's context window (``transformer_options["context_window"].index_list``) or
+  AnimateDiff-Evolved's (``ad_params["sub_idxs"]``), so long videos in windows get the right poses.
+* During the causal reference's write pass (``transformer_options["performer_reference_pass"]``) the reference's own
+  skeleton map is added instead, when given, and nothing otherwise.
 """
 from __future__ import annotations
 
@@ -29,6 +41,22 @@ from ._common import CATEGORY
 
 CAT = f"{CATEGORY}/native"
 KEY = "performer_causal_reference"
+POSE_KEY = "performer_pose_guidance"
+REFERENCE_PASS = "performer_reference_pass"  # transformer_options flag set during the causal reference's write pass
+
+
+def frame_indices(transformer_options: dict, n: int) -> list:
+    """The video frames the rows of this model call hold: core's context window (``context_window.index_list``),
+    AnimateDiff-Evolved's (``ad_params["sub_idxs"]``), or all frames in order."""
+    win = transformer_options.get("context_window")
+    idx = getattr(win, "index_list", None)
+    if idx is None:
+        ad = transformer_options.get("ad_params") or {}
+        idx = ad.get("sub_idxs")
+    idx = list(range(n)) if idx is None else [int(i) for i in idx]
+    if len(idx) != n:
+        raise ValueError(f"The model call holds {n} frames per CFG half but its context window lists {len(idx)}.")
+    return idx
 
 
 class _Run:
@@ -110,7 +138,7 @@ class CausalReferencePatch:
         kw = {k: one(v) for k, v in kwargs.items()}
         if "num_video_frames" in kw:
             kw["num_video_frames"] = 1
-        topts = {**topts, "cond_or_uncond": [0]}
+        topts = {**topts, "cond_or_uncond": [0], REFERENCE_PASS: True}
         run.mode = "write"
         try:
             with torch.no_grad():
@@ -139,7 +167,7 @@ class CausalReferencePatch:
             return plain(q, k, v, heads)
         if not run.active or key not in run.cache:
             return plain(q, k, v, heads)
-        from ..models import attention_math as AM
+        from ..models.attention import maths as AM
 
         kr, vr = run.cache[key]
         self.reads += 1
@@ -213,6 +241,125 @@ def apply_causal_reference(model, latent: torch.Tensor, strength: float = 1.0, u
     return m, patch
 
 
+class _PoseRun:
+    def __init__(self, feats, ref_feat, sigma_range):
+        self.feats, self.ref_feat, self.sigma_range = feats, ref_feat, sigma_range
+        self.calls: list = []  # frame indices per call (diagnostics / tests)
+
+
+class PoseGuidancePatch:
+    """VividPose's pose guidance on a core MODEL: the controller's features of each frame's skeleton map / SMPL-X render
+    are added to the model's (scaled) noisy input, as the pack's pipe adds them, through a ``DIFFUSION_MODEL`` wrapper.
+    Features are computed once per sampling run (``OUTER_SAMPLE``) at the run's latent size on the model's device and
+    released when it ends; each call picks its frames by the context window's indices."""
+
+    def __init__(self, controller, skeleton, smplx, reference_pose, strength: float, start_percent: float, end_percent: float):
+        self.controller = controller  # the pack's PoseController (CPU, eval); moved to the load device for the run only
+        self.skeleton, self.smplx, self.reference_pose = skeleton, smplx, reference_pose  # IMAGE batches or None
+        self.strength, self.start_percent, self.end_percent = float(strength), float(start_percent), float(end_percent)
+        self.run: Optional[_PoseRun] = None
+        self.runs = 0
+        self.last_calls: list = []
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def _features(self, frames: int, h: int, w: int, device):
+        from ..models.guidance.pose_controller import maps_to_tensor, pose_features
+
+        ds = self.controller.config["downsample"]
+        sk = None if self.skeleton is None else maps_to_tensor(self.skeleton, h * ds, w * ds, frames, "skeleton maps")
+        sm = None if self.smplx is None else maps_to_tensor(self.smplx, h * ds, w * ds, frames, "SMPL-X renders")
+        pc = self.controller.to(device)
+        try:
+            with torch.no_grad():
+                feats = pose_features(pc, sk, sm, self.strength)
+                ref = None
+                if self.reference_pose is not None:
+                    rp = maps_to_tensor(self.reference_pose, h * ds, w * ds, 1, "reference pose")
+                    ref = pose_features(pc, rp, None, self.strength)
+        finally:
+            self.controller.to("cpu")
+        return feats, ref
+
+    def outer_sample(self, executor, noise, latent_image, *args, **kwargs):
+        guider = executor.class_obj
+        ms = guider.model_patcher.get_model_object("model_sampling")
+        frames, h, w = latent_image.shape[0], latent_image.shape[-2], latent_image.shape[-1]
+        feats, ref = self._features(frames, h, w, guider.model_patcher.load_device)
+        rng = (float(ms.percent_to_sigma(self.end_percent)), float(ms.percent_to_sigma(self.start_percent)))
+        self.run = _PoseRun(feats, ref, rng)
+        self.runs += 1
+        try:
+            return executor(noise, latent_image, *args, **kwargs)
+        finally:
+            self.last_calls, self.run = self.run.calls, None
+
+    def diffusion_model(self, executor, x, timesteps, context=None, y=None, control=None, transformer_options={}, **kwargs):
+        run = self.run
+        if run is None or run.feats is None or self.strength == 0.0:
+            return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        if transformer_options.get(REFERENCE_PASS):
+            add = run.ref_feat  # the reference's own pose, when given (the pipe's reference_pose option)
+        else:
+            sig = transformer_options.get("sigmas")
+            lo, hi = run.sigma_range
+            if sig is not None and not lo <= float(sig.flatten()[0]) <= hi:
+                return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+            halves = max(len(transformer_options.get("cond_or_uncond", [0])), 1)
+            if x.shape[0] % halves:
+                raise ValueError(f"Apply Pose Guidance: {x.shape[0]} rows do not split into {halves} CFG halves.")
+            idx = frame_indices(transformer_options, x.shape[0] // halves)
+            if max(idx) >= run.feats.shape[0]:
+                raise ValueError(f"Apply Pose Guidance: frame {max(idx)} is sampled but pose features exist for "
+                                 f"{run.feats.shape[0]} frames.")
+            run.calls.append(idx)
+            add = run.feats[idx].repeat(halves, 1, 1, 1)
+        if add is not None:
+            c = add.shape[1]
+            x = torch.cat([x[:, :c] + add.to(x.device, x.dtype), x[:, c:]], 1)  # SVD: only the noisy half of 8 channels
+        return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+
+
+def apply_pose_guidance(model, controller, skeleton=None, smplx=None, reference_pose=None, strength: float = 1.0,
+                        start_percent: float = 0.0, end_percent: float = 1.0):
+    """A clone of core ``model`` whose input gets the pose controller's features (``controller``: the pack's
+    ``PoseController``; maps: IMAGE batches). Returns (clone, patch)."""
+    import comfy.patcher_extension as pe
+
+    from ..models.errors import BadInputError
+
+    if skeleton is None and smplx is None:
+        raise BadInputError("Apply Pose Guidance needs skeleton maps, SMPL-X renders or both; neither is connected.")
+    kinds = [k for k, v in (("skeleton", skeleton), ("smplx", smplx)) if v is not None]
+    missing = [k for k in kinds if k not in controller.encoders]
+    if missing:
+        raise BadInputError(f"This pose controller has no encoder for {', '.join(missing)} (it has: "
+                            f"{', '.join(controller.encoders)}); those maps would be ignored. Disconnect them or use a "
+                            "controller trained on them.")
+    if reference_pose is not None and "skeleton" not in controller.encoders:
+        raise BadInputError("reference_pose is a skeleton map, but this pose controller has no skeleton encoder.")
+    if skeleton is not None and smplx is not None and skeleton.shape[0] != smplx.shape[0]:
+        raise BadInputError(f"skeleton has {skeleton.shape[0]} frames but smplx has {smplx.shape[0]}; they must come "
+                            "from the same driving video.")
+    if strength < 0:
+        raise BadInputError(f"strength must be >= 0; got {strength}.")
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise BadInputError(f"Need 0 <= start_percent <= end_percent <= 1; got {start_percent}, {end_percent}.")
+    lc = controller.config["latent_channels"]
+    mc = getattr(model.model.latent_format, "latent_channels", lc)
+    if lc != mc:
+        raise BadInputError(f"The pose controller makes {lc}-channel features but this MODEL's latent has {mc} channels.")
+    if POSE_KEY in model.wrappers.get(pe.WrappersMP.DIFFUSION_MODEL, {}):
+        raise BadInputError("This MODEL already has Apply Pose Guidance; apply it once (a second would add the poses twice).")
+    patch = PoseGuidancePatch(controller.eval().requires_grad_(False), skeleton, smplx, reference_pose, strength,
+                              start_percent, end_percent)
+    m = model.clone()
+    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, POSE_KEY, patch.outer_sample)
+    m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, POSE_KEY, patch.diffusion_model)
+    return m, patch
+
+
 class PerformerApplyCausalReference(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -252,4 +399,44 @@ class PerformerApplyCausalReference(io.ComfyNode):
         return io.NodeOutput(m)
 
 
-NODES = [PerformerApplyCausalReference]
+class PerformerApplyPoseGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ._common import weight_choices
+
+        return io.Schema(
+            node_id="PerformerApplyPoseGuidance", display_name="Apply Pose Guidance (VividPose, native) 🎭", category=CAT,
+            description="VividPose's pose guidance on the MODEL your loaders give (SD1.5 family, SVD): a pose controller "
+                        "encodes each frame's skeleton map and/or SMPL-X render (the reference person's shape) and adds "
+                        "the features to the noisy latent of that frame, also inside core's and AnimateDiff-Evolved's "
+                        "context windows. Returns a patched copy; the input MODEL is unchanged.",
+            inputs=[io.Model.Input("model", tooltip="The model to patch (a copy is returned)."),
+                    io.Combo.Input("pose_controller", options=weight_choices("performer_adapters", with_dirs=False),
+                                   tooltip="A pose controller .safetensors in models/performer/adapters."),
+                    io.Image.Input("skeleton", optional=True,
+                                   tooltip="Skeleton maps, one per video frame (Draw Pose Maps)."),
+                    io.Image.Input("smplx", optional=True,
+                                   tooltip="SMPL-X renders in the reference person's shape, one per video frame."),
+                    io.Image.Input("reference_pose", optional=True,
+                                   tooltip="The reference image's own skeleton map, added to the causal reference's "
+                                           "pass (used with Apply Causal Reference)."),
+                    io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
+                                   tooltip="Scale of the pose features: 1 = as trained, 0 = off (exactly the unpatched model)."),
+                    io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Guide from this point of the schedule …"),
+                    io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="… until this point.")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The patched copy of the model.")],
+        )
+
+    @classmethod
+    def execute(cls, model, pose_controller, strength, start_percent, end_percent, skeleton=None, smplx=None,
+                reference_pose=None) -> io.NodeOutput:
+        from ..models.guidance.pose_controller import load_pose_controller
+        from ._common import resolve
+
+        pc = load_pose_controller(resolve(pose_controller, ("performer_adapters",)), device="cpu")
+        m, _ = apply_pose_guidance(model, pc, skeleton, smplx, reference_pose, strength, start_percent, end_percent)
+        return io.NodeOutput(m)
+
+
+NODES = [PerformerApplyCausalReference, PerformerApplyPoseGuidance]

@@ -27,7 +27,7 @@ class _TrainProgress:
 class PerformerPersonalise(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        from ..models.personalise import TARGETS
+        from ..models.posecrafter.personalise import TARGETS
 
         return io.Schema(
             node_id="PerformerPersonalise", display_name="Personalise on One Video 🎭", category=CAT, is_output_node=True,
@@ -59,8 +59,8 @@ class PerformerPersonalise(io.ComfyNode):
         import folder_paths
 
         from ..models.errors import BadInputError
-        from ..models.personalise import TrainSettings, load_personalised, personalise
-        from ..models.pose import draw
+        from ..models.posecrafter.personalise import TrainSettings, load_personalised, personalise
+        from ..models.pose.sequence import draw
 
         if not name or any(c in name for c in "/\\:") or name.startswith("."):
             raise BadInputError(f"name {name!r} must be a plain file name.")
@@ -85,7 +85,7 @@ class PerformerLoadPersonalised(io.ComfyNode):
 
         return io.Schema(
             node_id="PerformerLoadPersonalised", display_name="Load Personalised Weights 🎭", category=CAT,
-            description="Applies personalised weights (from Personalise or `python -m models.personalise`) to a copy of "
+            description="Applies personalised weights (from Personalise or `python -m models.posecrafter.personalise`) to a copy of "
                         "the pipe. Refuses weights trained from another base model.",
             inputs=[PIPE.Input("pipe", tooltip="The same base pipe the weights were trained from."),
                     io.Combo.Input("weights", options=weight_choices("performer_personalised", with_dirs=False),
@@ -95,7 +95,7 @@ class PerformerLoadPersonalised(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, weights) -> io.NodeOutput:
-        from ..models.personalise import apply_personalised, load_personalised
+        from ..models.posecrafter.personalise import apply_personalised, load_personalised
         from ._common import resolve
 
         return io.NodeOutput(apply_personalised(pipe, load_personalised(resolve(weights, ("performer_personalised",)))))
@@ -132,9 +132,9 @@ class PerformerPoseCrafter(io.ComfyNode):
     @classmethod
     def execute(cls, pipe, training_images, training_poses, target_poses, steps, cfg, seed, prompt, select_frame, invert,
                 insert_key_frame, edit_latents, edit_step, decode_chunk) -> io.NodeOutput:
-        from ..models.pose import draw
-        from ..models.posecrafter import PoseCrafterSettings, draw_edit_boxes, posecrafter
-        from ..models.sampling import decode_latents
+        from ..models.pose.sequence import draw
+        from ..models.posecrafter.inference import PoseCrafterSettings, draw_edit_boxes, posecrafter
+        from ..models.sampling.sampler import decode_latents
 
         s = PoseCrafterSettings(steps=steps, cfg=cfg, seed=seed, prompt=prompt, select=select_frame, invert=invert,
                                 insert=insert_key_frame, edit=edit_latents, edit_step=edit_step)

@@ -25,7 +25,7 @@ class PerformerPoseFromKeypoints(io.ComfyNode):
 
     @classmethod
     def execute(cls, keypoints, fps) -> io.NodeOutput:
-        from ..models.pose import from_openpose
+        from ..models.pose.sequence import from_openpose
 
         return io.NodeOutput(from_openpose(keypoints, fps=fps))
 
@@ -43,7 +43,7 @@ class PerformerPoseToKeypoints(io.ComfyNode):
 
     @classmethod
     def execute(cls, pose, normalised) -> io.NodeOutput:
-        from ..models.pose import to_openpose
+        from ..models.pose.sequence import to_openpose
 
         return io.NodeOutput(to_openpose(pose, normalised=normalised))
 
@@ -63,7 +63,7 @@ class PerformerLoadPose(io.ComfyNode):
 
     @classmethod
     def execute(cls, file) -> io.NodeOutput:
-        from ..models.pose import load_json
+        from ..models.pose.sequence import load_json
         from ._common import input_path
 
         pose = load_json(input_path(file, "Pose file"))
@@ -92,7 +92,7 @@ class PerformerSavePose(io.ComfyNode):
     def execute(cls, pose, filename_prefix) -> io.NodeOutput:
         import folder_paths
 
-        from ..models.pose import save_json
+        from ..models.pose.sequence import save_json
 
         full, name, counter, sub, _ = folder_paths.get_save_image_path(filename_prefix, folder_paths.get_output_directory())
         fname = f"{name}_{counter:05}_.json"
@@ -117,7 +117,7 @@ class PerformerCleanPose(io.ComfyNode):
 
     @classmethod
     def execute(cls, pose, max_gap, smooth, min_cutoff, beta) -> io.NodeOutput:
-        from ..models.pose import fill_gaps, one_euro
+        from ..models.pose.sequence import fill_gaps, one_euro
 
         out = fill_gaps(pose, max_gap) if max_gap else pose.copy()
         out = one_euro(out, min_cutoff, beta) if smooth else out
@@ -143,7 +143,7 @@ class PerformerRetargetPose(io.ComfyNode):
 
     @classmethod
     def execute(cls, driving, reference, size, keep_translation, person) -> io.NodeOutput:
-        from ..models.retarget import retarget
+        from ..models.pose.retarget import retarget
 
         out = retarget(driving, reference, size=size, keep_translation=keep_translation, person=person)
         return io.NodeOutput(out, ui=preview("pose", pose=out))
@@ -168,7 +168,7 @@ class PerformerDrawPose(io.ComfyNode):
 
     @classmethod
     def execute(cls, pose, width, height, body, hands, face, stick_width) -> io.NodeOutput:
-        from ..models.pose import draw
+        from ..models.pose.sequence import draw
 
         maps = draw(pose, width or None, height or None, callback=Progress(pose.frames), body=body, hands=hands, face=face, stick_width=stick_width)
         images = torch.from_numpy(maps).float() / 255.0
@@ -200,7 +200,7 @@ class PerformerExtractPoseMediaPipe(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, fps, video, face, hands, min_confidence) -> io.NodeOutput:
-        from ..models.pose_extract import CACHE, MediaPipeExtractor, require_person
+        from ..models.pose.extract import CACHE, MediaPipeExtractor, require_person
 
         ex = MediaPipeExtractor(face=face, hands=hands, min_confidence=min_confidence, video=video)
         pose = CACHE.extract(ex, _frames(images), fps, callback=Progress(images.shape[0]))
@@ -231,7 +231,7 @@ class PerformerExtractPoseDWPose(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, detector, estimator, fps, max_people) -> io.NodeOutput:
-        from ..models.pose_extract import CACHE, DWPoseExtractor, require_person
+        from ..models.pose.extract import CACHE, DWPoseExtractor, require_person
         from ._common import resolve
 
         ex = DWPoseExtractor(resolve(detector, ("performer_pose",)), resolve(estimator, ("performer_pose",)), max_people=max_people)
@@ -261,7 +261,7 @@ class PerformerExtractPoseOpenPose(io.ComfyNode):
         import folder_paths
 
         from ..models.errors import MissingModelError
-        from ..models.pose_extract import CACHE, OPENPOSE_FILES, OpenPoseExtractor, require_person
+        from ..models.pose.extract import CACHE, OPENPOSE_FILES, OpenPoseExtractor, require_person
 
         dirs = [d for d in folder_paths.get_folder_paths("performer_pose") if os.path.isfile(os.path.join(d, OPENPOSE_FILES["body"]))]
         if not dirs:
@@ -296,7 +296,7 @@ class PerformerDensePose(io.ComfyNode):
     def execute(cls, images, model, cmap) -> io.NodeOutput:
         import comfy.model_management as mm
 
-        from ..models.densepose import DensePoseExtractor
+        from ..models.pose.densepose import DensePoseExtractor
         from ._common import resolve
 
         ex = DensePoseExtractor(resolve(model, ("performer_pose",)), device=str(mm.get_torch_device()))
@@ -322,7 +322,7 @@ class PerformerSelectReferenceFrame(io.ComfyNode):
     @classmethod
     def execute(cls, training_poses, target_poses, training_images=None) -> io.NodeOutput:
         from ..models.errors import BadInputError
-        from ..models.pose import nearest_frame
+        from ..models.pose.sequence import nearest_frame
 
         i = nearest_frame(training_poses, target_poses)
         if training_images is not None:

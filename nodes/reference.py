@@ -31,7 +31,7 @@ class PerformerEncodeReference(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, image, noise_aug, face, pose=None) -> io.NodeOutput:
-        from ..models.sampling import encode_reference
+        from ..models.sampling.sampler import encode_reference
 
         return io.NodeOutput(encode_reference(pipe, image, noise_aug=noise_aug, face=face, pose=pose))
 

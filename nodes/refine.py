@@ -45,8 +45,8 @@ class PerformerRefineIVR(io.ComfyNode):
         import comfy.model_management as mm
 
         from ..models.errors import BadInputError
-        from ..models.ivr import IVRConfig, LoopSettings, refine_loop
-        from ..models.sampling import VideoSettings, decode_latents, encode_video, sample_video
+        from ..models.refine.ivr import IVRConfig, LoopSettings, refine_loop
+        from ..models.sampling.sampler import VideoSettings, decode_latents, encode_video, sample_video
 
         Fr, H, W = video.shape[0], video.shape[1], video.shape[2]
         if (W, H) != (reference.width, reference.height):

@@ -35,7 +35,7 @@ class PerformerSampleVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, prompt, negative, frames, width, height, steps, cfg, seed, decode_chunk) -> io.NodeOutput:
-        from ..models.sampling import decode_latents, sample_text2video
+        from ..models.sampling.sampler import decode_latents, sample_text2video
 
         lat = sample_text2video(pipe, prompt, negative, frames, width, height, steps, cfg, seed, callback=Progress(steps))
         images = decode_latents(pipe, lat, chunk=decode_chunk, callback=Progress(frames))
@@ -51,7 +51,7 @@ OPTION_DEFAULTS = dict(window=16, stride=8, scheduler="ddim", reference_strength
 class PerformerSamplerOptions(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        from ..models.sampling import SD15_SCHEDULERS
+        from ..models.sampling.sampler import SD15_SCHEDULERS
 
         return io.Schema(
             node_id="PerformerSamplerOptions",
@@ -126,7 +126,7 @@ class PerformerAnimate(io.ComfyNode):
     def execute(cls, pipe, reference, frames, steps, cfg, seed, denoise, prompt, negative, decode_chunk,
                 skeleton=None, smplx=None, init_latent=None, options=None) -> io.NodeOutput:
         from ..models.errors import BadInputError
-        from ..models.sampling import VideoSettings, decode_latents, sample_video
+        from ..models.sampling.sampler import VideoSettings, decode_latents, sample_video
 
         o = dict(OPTION_DEFAULTS)
         o.update(options or {})
@@ -148,7 +148,7 @@ class PerformerAnimate(io.ComfyNode):
                           reference_pose=o["reference_pose"], controlnet_scale=o["controlnet_scale"], pose_scale=o["pose_scale"],
                           image_scale=o["image_scale"], face_scale=o["face_scale"], fps=o["fps"],
                           motion_bucket_id=o["motion_bucket_id"], min_cfg=o["min_cfg"])
-        from ..models.windows import plan_windows
+        from ..models.sampling.windows import plan_windows
 
         total = len(plan_windows(frames, s.window, s.stride)) * steps
         lat = sample_video(pipe, s, reference, skeleton=skeleton, smplx=smplx, init_latents=init, callback=Progress(total))
@@ -175,7 +175,7 @@ class PerformerDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, latent, decode_chunk) -> io.NodeOutput:
-        from ..models.sampling import decode_latents
+        from ..models.sampling.sampler import decode_latents
 
         lat = (latent["samples"].float() * pipe.vae.config.scaling_factor).permute(1, 0, 2, 3)[None]
         images = decode_latents(pipe, lat, chunk=decode_chunk, callback=Progress(lat.shape[2]))

@@ -68,7 +68,7 @@ def performer_demo(out):
     with open(os.path.join(DEMO_MODELS, "train_log.json")) as fh:
         train = json.load(fh)
     spec = next(n["inputs"] for n in prompt.values() if n["class_type"] == "PerformerSyntheticPerformer")
-    from performer_pkg.models.performer import split_of
+    from performer_pkg.models.evaluate.performer import split_of
 
     metrics = {"workflow": "tests/workflows/performer_demo_synthetic.api.json",
                "models": f"assets/demo_models (scripts/train_demo_models.py, seed {train['seed']}): {train['train_data']}",

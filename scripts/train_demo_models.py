@@ -9,7 +9,7 @@ What it writes (real diffusers classes, in the layouts the pack's loaders read):
   pose_controller.safetensors   the pack's VividPose-style pose controller
   train_log.json        seeds, sizes, step counts, final losses
 
-Data: only the performer generator's *training* range (identity and sequence seeds below models.performer.EVAL_BASE;
+Data: only the performer generator's *training* range (identity and sequence seeds below models.evaluate.performer.EVAL_BASE;
 the demo and the benchmark use seeds from EVAL_BASE up, so they are unseen by construction).  A pool of posed bodies
 (``--pool`` sequences: body shape and motion instance from training seeds, all five motions, 16 frames, 64 px) is
 rendered once; every training step paints a **new identity** on one of them (colours and stripes drawn from a fresh
@@ -44,7 +44,7 @@ def pool_specs(n: int, seed: int):
     """The specs of the pooled bodies: sequence and identity (body shape) seeds from the training range only."""
     import numpy as np
 
-    from performer_pkg.models.performer import EVAL_BASE, MOTIONS, PerformerSpec
+    from performer_pkg.models.evaluate.performer import EVAL_BASE, MOTIONS, PerformerSpec
 
     r = np.random.default_rng([seed, 1])
     return [PerformerSpec(seed=int(s), character=int(c), motion=MOTIONS[i % len(MOTIONS)], frames=FRAMES, size=SIZE)
@@ -53,7 +53,7 @@ def pool_specs(n: int, seed: int):
 
 def training_seed(g) -> int:
     """A fresh identity / background seed for one training step: the training range only."""
-    from performer_pkg.models.performer import EVAL_BASE
+    from performer_pkg.models.evaluate.performer import EVAL_BASE
 
     return _draw_int(g, EVAL_BASE)
 
@@ -62,10 +62,10 @@ def pool(n: int, seed: int):
     """n posed bodies from training seeds: materials per pixel, shading, skeleton maps, SMPL-X normal renders."""
     import numpy as np
 
-    from performer_pkg.models.body import get_body_model
-    from performer_pkg.models.performer import geometry
-    from performer_pkg.models.pose import draw
-    from performer_pkg.models.render import render_normals
+    from performer_pkg.models.body.smplx import get_body_model
+    from performer_pkg.models.evaluate.performer import geometry
+    from performer_pkg.models.pose.sequence import draw
+    from performer_pkg.models.body.render import render_normals
 
     geos, maps, normals = [], [], []
     for spec in pool_specs(n, seed):
@@ -81,7 +81,7 @@ def paint(geo, ident_seed: int, bg_seed: int, frames):
     import numpy as np
     import torch
 
-    from performer_pkg.models.performer import background, colourise, identity
+    from performer_pkg.models.evaluate.performer import background, colourise, identity
 
     g = {"face_id": geo["face_id"][frames], "shade": geo["shade"][frames], "materials": geo["materials"]}
     rgb = colourise(g, identity(ident_seed)["palette"], background(SIZE, bg_seed))["rgb"]
@@ -122,9 +122,9 @@ def main():
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
     import tiny_models
-    from performer_pkg.models.performer import EVAL_BASE
-    from performer_pkg.models.pose_controller import PoseController
-    from performer_pkg.models.reference_attention import reference_attention, write_reference
+    from performer_pkg.models.evaluate.performer import EVAL_BASE
+    from performer_pkg.models.guidance.pose_controller import PoseController
+    from performer_pkg.models.attention.reference import reference_attention, write_reference
 
     torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", "1")))
     torch.manual_seed(a.seed)

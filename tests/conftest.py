@@ -51,7 +51,7 @@ def host(models_tree, tmp_path_factory):
 def ad(models_tree):
     """The tiny AnimateDiff pipe (SD1.5 single file + motion module), shared read-only by the test modules."""
     import tiny_models as tm
-    from performer_pkg.models import backbones
+    from performer_pkg.models.backbones import loaders as backbones
 
     tok = [os.path.join(tm.COMFY_DIR, "comfy", "sd1_tokenizer")]
     return backbones.with_motion_module(backbones.load_sd15(models_tree[1]["sd15_file"], device="cpu", tokenizer_dirs=tok),

@@ -42,7 +42,7 @@ def stick_figure(t: float, size: int = 128) -> np.ndarray:
 
 def hand_made_pose(w=512, h=512, dx=0.0, wave=0.0):
     """(needs the pack importable as performer_pkg) A standing person: every body, foot, face and hand point placed by hand (pixels)."""
-    from performer_pkg.models.pose import LHAND, RHAND, PoseSequence
+    from performer_pkg.models.pose.sequence import LHAND, RHAND, PoseSequence
 
     k = np.zeros((1, 1, 133, 3), np.float32)
     body = {0: (256, 96), 1: (246, 86), 2: (266, 86), 3: (234, 92), 4: (278, 92), 5: (216, 150), 6: (296, 150),
@@ -94,7 +94,7 @@ def write_inputs(input_dir: str, frames: int = 12) -> None:
     imgs = [Image.fromarray(stick_figure(i / frames)) for i in range(frames)]
     imgs[0].save(os.path.join(input_dir, "performer_skeleton.gif"), save_all=True, append_images=imgs[1:], duration=125, loop=0)
     try:
-        from performer_pkg.models.pose import PoseSequence, save_json
+        from performer_pkg.models.pose.sequence import PoseSequence, save_json
     except ImportError:
         return
     drive = PoseSequence(np.concatenate([hand_made_pose(dx=6 * f, wave=0.25 * f).keypoints for f in range(frames)]), 512, 512, 8.0)

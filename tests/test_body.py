@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from performer_pkg.models import body as B
+from performer_pkg.models.body import smplx as B
 from performer_pkg.models.errors import BadInputError, BadModelFileError
-from performer_pkg.models.render import Renderer, human_flow, part_labels
+from performer_pkg.models.body.render import Renderer, human_flow, part_labels
 
 SIZE = 256
 
@@ -190,7 +190,7 @@ def test_fitting_recovers_keypoints_and_pose(bm):
     root-relative mean 3D joint error (MPJPE) of 15 cm."""
     from scipy.spatial.transform import Rotation as Rot
 
-    from performer_pkg.models.fit import body_to_pose, fit_to_keypoints
+    from performer_pkg.models.body.fit import body_to_pose, fit_to_keypoints
 
     cam = B.Camera.default(SIZE, SIZE)
     true = posed(bm, cam, 2)
@@ -209,14 +209,14 @@ def test_fitting_recovers_keypoints_and_pose(bm):
     with torch.no_grad():
         Jt, Jf = bm.forward(true)["joints"].numpy()[:, :22], bm.forward(fit)["joints"].numpy()[:, :22]
     assert np.linalg.norm((Jt - Jt[:, :1]) - (Jf - Jf[:, :1]), axis=-1).mean() <= 0.15
-    from performer_pkg.models.pose import empty
+    from performer_pkg.models.pose.sequence import empty
 
     with pytest.raises(BadInputError, match="No frame shows enough of the torso"):
         fit_to_keypoints(empty(2, SIZE, SIZE), bm, iters=1)
 
 
 def test_fast_joints_equal_smplx(bm):
-    from performer_pkg.models.fit import fast_joints
+    from performer_pkg.models.body.fit import fast_joints
 
     cam = B.Camera.default(SIZE, SIZE)
     seq = posed(bm, cam, 2)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from performer_pkg.models.editing import edit_latents, latent_box, solve_affine, warp_latent
+from performer_pkg.models.posecrafter.editing import edit_latents, latent_box, solve_affine, warp_latent
 
 
 def test_solver_recovers_a_known_affine_from_visible_landmarks():

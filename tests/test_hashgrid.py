@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from performer_pkg.models.hashgrid import PRIMES, HashEncoding
+from performer_pkg.models.refine.hashgrid import PRIMES, HashEncoding
 
 
 def slow_reference(enc: HashEncoding, x: torch.Tensor) -> torch.Tensor:

@@ -133,7 +133,7 @@ def test_no_network_from_host(host):
 def test_import_makes_no_network_connection(tmp_path):
     log = tmp_path / "net.log"
     code = ("import sys; sys.path.insert(0, 'tests'); import pack_alias; pack_alias.register_package(); "
-            "import performer_pkg.models.backbones, performer_pkg.models.sampling, performer_pkg.models.convert_svd; print('ok')")
+            "import performer_pkg.models.backbones.loaders, performer_pkg.models.sampling.sampler, performer_pkg.models.backbones.convert_svd; print('ok')")
     out = subprocess.run([VENV_PY, "-c", code], cwd=REPO, env=guarded_env(log), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
     assert not log.exists() or log.read_text() == ""
@@ -188,7 +188,7 @@ def test_sampler_options_chain_without_mutating_their_input(host):
 
 
 def test_pose_workflow_bad_inputs(host):
-    from performer_pkg.models.pose import empty, save_json
+    from performer_pkg.models.pose.sequence import empty, save_json
 
     save_json(empty(1, 512, 512), os.path.join(host.workdir, "input", "performer_empty_pose.json"))
     api = load_api("performer_pose_retarget")
@@ -208,7 +208,7 @@ def test_pose_workflow_bad_inputs(host):
 def test_body_workflow_bad_inputs(host):
     import numpy as np
 
-    from performer_pkg.models.pose import save_json
+    from performer_pkg.models.pose.sequence import save_json
     from example_inputs import hand_made_pose
 
     save_json(hand_made_pose(), os.path.join(host.workdir, "input", "performer_one_frame.json"))

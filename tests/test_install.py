@@ -32,12 +32,12 @@ def test_newcomer_job_runs_the_readme_commands():
 
 
 def test_mediapipe_recipe_is_the_same_everywhere():
-    from performer_pkg.models.pose_extract import MEDIAPIPE_RECIPE
+    from performer_pkg.models.pose.extract import MEDIAPIPE_RECIPE
 
     assert "matplotlib" in MEDIAPIPE_RECIPE
     assert MEDIAPIPE_RECIPE in readme_install.install_commands(_read("README.md"))
     assert MEDIAPIPE_RECIPE in _read("requirements.txt")
-    assert "{MEDIAPIPE_RECIPE}" in _read("models", "pose_extract.py")  # the error message quotes it
+    assert "{MEDIAPIPE_RECIPE}" in _read("models", "pose", "extract.py")  # the error message quotes it
 
 
 def test_opencv_bound_keeps_pip_away_from_opencv5():

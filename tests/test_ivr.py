@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from performer_pkg.models.ivr import IVR, IVRConfig, LoopSettings, _grid, fit_ivr, refine_loop, strength_schedule
-from performer_pkg.models.metrics import warp_error
+from performer_pkg.models.refine.ivr import IVR, IVRConfig, LoopSettings, _grid, fit_ivr, refine_loop, strength_schedule
+from performer_pkg.models.evaluate.metrics import warp_error
 
 SMALL = dict(log2_table_canonical=12, log2_table_deform=12, levels=8, base=4, pixels_per_step=1024)
 
@@ -65,7 +65,7 @@ class _Stop(Exception):
 
 
 def test_loop_regenerates_with_decreasing_strength_and_stops_with_a_video(ad):
-    from performer_pkg.models.sampling import VideoSettings, decode_latents, encode_reference, encode_video, sample_video
+    from performer_pkg.models.sampling.sampler import VideoSettings, decode_latents, encode_reference, encode_video, sample_video
 
     clean, fl = moving_video(F=4)
     ref = encode_reference(ad, clean[:1])

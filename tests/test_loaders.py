@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import tiny_models as tm
-from performer_pkg.models import backbones
+from performer_pkg.models.backbones import loaders as backbones
 from performer_pkg.models.errors import BadModelFileError, MissingModelError
-from performer_pkg.models.weights import find_weight, read_state_dict
+from performer_pkg.models.backbones.weights import find_weight, read_state_dict
 
 TOK = [os.path.join(tm.COMFY_DIR, "comfy", "sd1_tokenizer")]
 

@@ -32,8 +32,8 @@ FRAMES, STEPS, SIZE = 3, 20, 32
 
 @pytest.fixture(scope="module")
 def setup(models_tree):
-    from performer_pkg.models import backbones
-    from performer_pkg.models.sampling import encode_prompts, encode_reference
+    from performer_pkg.models.backbones import loaders as backbones
+    from performer_pkg.models.sampling.sampler import encode_prompts, encode_reference
 
     bb = backbones.load_sd15(models_tree[1]["sd15_file"], device="cpu", tokenizer_dirs=TOK)
     assert bb.vae_scale_factor == 2
@@ -66,7 +66,7 @@ def core_sample(model, setup, noise_d, cfg=1.0, callback=None, steps=STEPS):
 
 
 def pipe_sample(setup, cfg=1.0, reference=True, seed=3):
-    from performer_pkg.models.sampling import VideoSettings, sample_video
+    from performer_pkg.models.sampling.sampler import VideoSettings, sample_video
 
     s = VideoSettings(frames=FRAMES, width=SIZE, height=SIZE, steps=STEPS, cfg=cfg, seed=seed, prompt="a person dancing",
                       window=16, stride=8, scheduler="ddim")
@@ -193,6 +193,86 @@ def test_bad_inputs_are_refused_clearly(setup):
     m, _ = apply_causal_reference(setup["model"], torch.zeros(1, 4, 2, 2), 1.0)  # wrong size: error at sampling
     with pytest.raises(ValueError, match="resize the reference"):
         core_sample(m, setup, pipe_noise(), 1.0, steps=2)
+
+
+# ----------------------------------------------------------------------------- Apply Pose Guidance
+
+
+def _maps(seed, n=FRAMES):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, SIZE, SIZE, 3), generator=g)  # IMAGE batches (frames, H, W, 3), the video's size
+
+
+def posed(model, pc, strength=1.0, **kw):
+    from performer_pkg.nodes.native import apply_pose_guidance
+
+    return apply_pose_guidance(model, pc, _maps(21), _maps(22), strength=strength, **kw)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_pose_guidance_parity_with_the_pipe(setup, cfg):
+    """Apply Causal Reference + Apply Pose Guidance on core's MODEL against the pipe with the same pose controller,
+    skeleton maps and SMPL-X renders (both CFG halves get the features, as in the pipe)."""
+    from performer_pkg.models.sampling.sampler import VideoSettings, sample_video
+
+    pc = tm.tiny_pose_controller(downsample=2)
+    bb = setup["bb"].with_parts(pose_controller=pc)
+    s = VideoSettings(frames=FRAMES, width=SIZE, height=SIZE, steps=STEPS, cfg=cfg, seed=3, prompt="a person dancing",
+                      window=16, stride=8, scheduler="ddim")
+    pipe = sample_video(bb, s, setup["ref"], skeleton=_maps(21), smplx=_maps(22))
+    m, _ = patched(setup)
+    m, patch = posed(m, pc)
+    core = core_sample(m, setup, pipe_noise(), cfg)
+    assert (core - pipe).abs().max() < 1e-4
+    unposed = pipe_sample(setup, cfg, reference=True)
+    assert (pipe - unposed).abs().max() > 1e-3  # the poses did something, and the same thing on both paths
+    assert patch.runs == 1 and patch.run is None and patch.last_calls == [[0, 1, 2]] * STEPS
+
+
+def test_pose_guidance_strength_zero_exact_original_untouched_and_windows_pick_their_frames(setup):
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+    pc = tm.tiny_pose_controller(downsample=2)
+    model = setup["model"]
+    before = options_snapshot(model)
+    noise = pipe_noise(7)
+    base = core_sample(model, setup, noise, 3.0, steps=4)
+    m0, _ = posed(model, pc, strength=0.0)
+    assert torch.equal(core_sample(m0, setup, noise, 3.0, steps=4), base)
+    m1, _ = posed(model, pc)
+    assert not torch.equal(core_sample(m1, setup, noise, 3.0, steps=4), base)
+    assert torch.equal(core_sample(model, setup, noise, 3.0, steps=4), base) and options_snapshot(model) == before
+    # under core context windows each call gets the features of the frames its window holds
+    windowed = ContextWindowsManualNode.execute(m1, context_length=2, context_overlap=1, context_schedule="standard_static",
+                                                context_stride=1, closed_loop=False, fuse_method="pyramid", dim=0)
+    windowed = windowed[0] if isinstance(windowed, tuple) else windowed.result[0]
+    patch = windowed.wrappers["diffusion_model"]["performer_pose_guidance"][0].__self__
+    core_sample(windowed, setup, pipe_noise(), 1.0, steps=FRAMES - 1)  # core 0.3.75: steps = frames - 1 (see above)
+    assert patch.last_calls == [[0, 1], [1, 2]] * (FRAMES - 1)
+
+
+def test_pose_guidance_bad_inputs_are_refused_clearly(setup):
+    from performer_pkg.models.errors import BadInputError
+    from performer_pkg.models.guidance.pose_controller import PoseController
+    from performer_pkg.nodes.native import apply_pose_guidance
+
+    pc = tm.tiny_pose_controller(downsample=2)
+    model = setup["model"]
+    with pytest.raises(BadInputError, match="neither is connected"):
+        apply_pose_guidance(model, pc)
+    only_sk = PoseController(latent_channels=4, downsample=2, channels=(8, 16), heads=2, kinds=("skeleton",))
+    with pytest.raises(BadInputError, match="no encoder for smplx.*would be ignored"):
+        apply_pose_guidance(model, only_sk, _maps(1), _maps(2))
+    with pytest.raises(BadInputError, match="same driving video"):
+        apply_pose_guidance(model, pc, _maps(1), _maps(2, n=FRAMES + 1))
+    with pytest.raises(BadInputError, match="8-channel features"):
+        apply_pose_guidance(model, PoseController(latent_channels=8, downsample=2, channels=(8, 16), heads=2), _maps(1))
+    twice, _ = apply_pose_guidance(model, pc, _maps(1))
+    with pytest.raises(BadInputError, match="already has Apply Pose Guidance"):
+        apply_pose_guidance(twice, pc, _maps(1))
+    short, _ = apply_pose_guidance(model, pc, _maps(1, n=FRAMES - 1))  # fewer maps than frames: error at sampling
+    with pytest.raises(BadInputError, match="skeleton maps has 2 frames but 3 frames are sampled"):
+        core_sample(short, setup, pipe_noise(), 1.0, steps=2)
 
 
 # ----------------------------------------------------------------------------- in the test host (core loaders, KSampler)

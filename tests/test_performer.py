@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from performer_pkg.models import metrics as M
-from performer_pkg.models.performer import MOTIONS, PerformerSpec, generate
+from performer_pkg.models.evaluate import metrics as M
+from performer_pkg.models.evaluate.performer import MOTIONS, PerformerSpec, generate
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_metrics_conventions(wave):
 
 
 def test_identities_come_from_seeds_and_colourise_matches_generate(wave):
-    from performer_pkg.models.performer import EVAL_BASE, background, colourise, geometry, identity, split_of
+    from performer_pkg.models.evaluate.performer import EVAL_BASE, background, colourise, geometry, identity, split_of
 
     a, b = identity(5), identity(5)
     assert np.array_equal(a["palette"], b["palette"]) and np.array_equal(a["betas"], b["betas"])
@@ -82,7 +82,7 @@ def test_demo_and_benchmark_never_use_training_seeds():
     import torch
 
     from host import REPO
-    from performer_pkg.models.performer import EVAL_BASE, split_of
+    from performer_pkg.models.evaluate.performer import EVAL_BASE, split_of
 
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     import train_demo_models as T

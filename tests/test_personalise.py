@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import tiny_models as tm
-from performer_pkg.models import backbones
+from performer_pkg.models.backbones import loaders as backbones
 from performer_pkg.models.errors import BadInputError
-from performer_pkg.models.personalise import (TrainSettings, apply_personalised, eval_loss, load_personalised, personalise,
+from performer_pkg.models.posecrafter.personalise import (TrainSettings, apply_personalised, eval_loss, load_personalised, personalise,
                                               trainable_names)
 
 TOK = [os.path.join(tm.COMFY_DIR, "comfy", "sd1_tokenizer")]
@@ -120,8 +120,8 @@ def test_posecrafter_pipeline_runs_each_step(ad, models_tree):
     import numpy as np
 
     from example_inputs import hand_made_pose
-    from performer_pkg.models.pose import PoseSequence
-    from performer_pkg.models.posecrafter import PoseCrafterSettings, draw_edit_boxes, posecrafter
+    from performer_pkg.models.pose.sequence import PoseSequence
+    from performer_pkg.models.posecrafter.inference import PoseCrafterSettings, draw_edit_boxes, posecrafter
 
     cn = backbones.with_controlnet(ad, models_tree[1]["cn_file"])
     train = PoseSequence(np.concatenate([hand_made_pose(wave=0.2 * i).keypoints for i in range(10)]), 512, 512)
@@ -145,7 +145,7 @@ def test_command_line_entry(models_tree, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from performer_pkg.models.personalise import main
+    from performer_pkg.models.posecrafter.personalise import main
 
     d = tmp_path / "frames"
     d.mkdir()
@@ -160,7 +160,7 @@ def test_command_line_entry(models_tree, tmp_path):
 def test_vae_decoder_finetuning_reconstructs_better(ad, tmp_path):
     import torch.nn.functional as F
 
-    from performer_pkg.models.sampling import decode_latents, encode_video
+    from performer_pkg.models.sampling.sampler import decode_latents, encode_video
 
     frames = _video(8)
 

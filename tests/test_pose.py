@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from performer_pkg.models import pose as P
+from performer_pkg.models.pose import sequence as P
 from performer_pkg.models.errors import BadInputError
 from example_inputs import hand_made_pose
 
@@ -81,7 +81,7 @@ def test_bad_pose_inputs():
 
 
 def _limb_lengths(k):
-    from performer_pkg.models.retarget import LIMBS, ROOT, NECK
+    from performer_pkg.models.pose.retarget import LIMBS, ROOT, NECK
 
     def pt(i):
         if i == ROOT:
@@ -94,7 +94,7 @@ def _limb_lengths(k):
 
 
 def _angles(k):
-    from performer_pkg.models.retarget import LIMBS
+    from performer_pkg.models.pose.retarget import LIMBS
 
     _, pt = _limb_lengths(k)
     return np.array([math.atan2(*(pt(b) - pt(a))[::-1]) for a, b in LIMBS])
@@ -102,7 +102,7 @@ def _angles(k):
 
 @pytest.mark.parametrize("ref_canvas", [(512, 512), (300, 900)])
 def test_retarget_matches_reference_limbs_keeps_angles_and_canvas(ref_canvas):
-    from performer_pkg.models.retarget import retarget
+    from performer_pkg.models.pose.retarget import retarget
 
     # driving: the hand-made person walking right with a waving arm; reference: a person with a longer torso,
     # longer legs and shorter arms, seen in another framing (another canvas size, off-centre)
@@ -140,7 +140,7 @@ def test_retarget_matches_reference_limbs_keeps_angles_and_canvas(ref_canvas):
 
 
 def test_retarget_fits_inside_canvas_and_rejects_missing_people():
-    from performer_pkg.models.retarget import retarget
+    from performer_pkg.models.pose.retarget import retarget
 
     drive = P.PoseSequence(np.concatenate([hand_made_pose(dx=20 * f).keypoints for f in range(8)]), 512, 512)
     big = hand_made_pose().keypoints.copy()

@@ -5,7 +5,7 @@ import pytest
 
 import tiny_models as tm
 from performer_pkg.models.errors import BadInputError, MissingModelError
-from performer_pkg.models.pose_extract import DWPoseExtractor, MediaPipeExtractor, PoseCache, require_person
+from performer_pkg.models.pose.extract import DWPoseExtractor, MediaPipeExtractor, PoseCache, require_person
 
 
 def test_mediapipe_finds_the_astronaut():
@@ -73,8 +73,8 @@ def test_openpose_results_map_onto_the_133_layout():
     """controlnet_aux's own result types (what its OpenposeDetector.detect_poses returns) map onto our layout."""
     from controlnet_aux.open_pose import BodyResult, Keypoint, PoseResult
 
-    from performer_pkg.models import pose as P
-    from performer_pkg.models.pose_extract import openpose_result_to_133
+    from performer_pkg.models.pose import sequence as P
+    from performer_pkg.models.pose.extract import openpose_result_to_133
 
     body = [Keypoint(x=0.1 + 0.01 * i, y=0.2 + 0.02 * i) for i in range(18)]
     body[4] = None  # right wrist not found
@@ -95,7 +95,7 @@ def test_openpose_results_map_onto_the_133_layout():
 
 
 def test_openpose_missing_weights_name_the_files(tmp_path):
-    from performer_pkg.models.pose_extract import OpenPoseExtractor
+    from performer_pkg.models.pose.extract import OpenPoseExtractor
 
     with pytest.raises(MissingModelError, match="body_pose_model.pth"):
         OpenPoseExtractor(str(tmp_path))
@@ -109,7 +109,7 @@ def test_openpose_loads_real_architecture_files_safely(tmp_path):
     from controlnet_aux.open_pose.model import bodypose_model, handpose_model
 
     from performer_pkg.models.errors import BadModelFileError
-    from performer_pkg.models.pose_extract import OpenPoseExtractor
+    from performer_pkg.models.pose.extract import OpenPoseExtractor
 
     torch.manual_seed(0)
     for cls, name in ((bodypose_model, "body_pose_model.pth"), (handpose_model, "hand_pose_model.pth")):
@@ -152,7 +152,7 @@ def _tiny_densepose(path):
 def test_densepose_torchscript_colour_convention(tmp_path):
     import cv2
 
-    from performer_pkg.models.densepose import DensePoseExtractor
+    from performer_pkg.models.pose.densepose import DensePoseExtractor
 
     p = tmp_path / "densepose_r50_fpn_dl.torchscript"
     _tiny_densepose(p)

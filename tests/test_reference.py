@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import tiny_models as tm
-from performer_pkg.models import backbones
+from performer_pkg.models.backbones import loaders as backbones
 from performer_pkg.models.errors import BadInputError, BadModelFileError
-from performer_pkg.models.reference_attention import (ReferenceAttnProcessor, ReferenceState, is_spatial_self_attention,
+from performer_pkg.models.attention.reference import (ReferenceAttnProcessor, ReferenceState, is_spatial_self_attention,
                                                       reference_attention, write_reference)
-from performer_pkg.models.sampling import VideoSettings, decode_latents, encode_reference, sample_video
-from performer_pkg.models.windows import coverage, plan_windows
+from performer_pkg.models.sampling.sampler import VideoSettings, decode_latents, encode_reference, sample_video
+from performer_pkg.models.sampling.windows import coverage, plan_windows
 
 TOK = [os.path.join(tm.COMFY_DIR, "comfy", "sd1_tokenizer")]
 SIZE = 32
@@ -242,7 +242,7 @@ def test_svd_reference_attention_targets_spatial_layers_only_and_restores(svd):
 
 
 def test_svd_partial_denoise_uses_edm_noising(svd):
-    from performer_pkg.models.sampling import make_scheduler
+    from performer_pkg.models.sampling.sampler import make_scheduler
 
     sched = make_scheduler(svd, "ddim")
     sched.set_timesteps(10)
@@ -260,7 +260,7 @@ def test_svd_partial_denoise_uses_edm_noising(svd):
 
 
 def test_pose_controller_zero_init_save_load_and_trainable(ad, tmp_path):
-    from performer_pkg.models.pose_controller import PoseController, load_pose_controller
+    from performer_pkg.models.guidance.pose_controller import PoseController, load_pose_controller
 
     pc = PoseController(latent_channels=4, downsample=ad.vae_scale_factor, channels=(8, 16), heads=2)
     maps = torch.rand(3, 3, SIZE, SIZE)
@@ -293,7 +293,7 @@ def test_pose_controller_zero_init_save_load_and_trainable(ad, tmp_path):
 
 
 def test_identity_adapter_scales_and_round_trip(ad, models_tree, tmp_path):
-    from performer_pkg.models.identity import load_identity_adapter
+    from performer_pkg.models.attention.identity import load_identity_adapter
 
     P = models_tree[1]
     bb = backbones.with_identity_adapter(ad, P["id_sd15"], P["clip_vision"], P["arcface"])
@@ -313,7 +313,7 @@ def test_identity_adapter_scales_and_round_trip(ad, models_tree, tmp_path):
         assert torch.equal(a, b), k
     # trainable: gradients reach the per-layer K/V pairs through the UNet
     ad2.train().requires_grad_(True)
-    from performer_pkg.models.identity import identity_attention
+    from performer_pkg.models.attention.identity import identity_attention
 
     x = torch.randn(1, 4, 2, SIZE // 2, SIZE // 2)
     ctx = torch.cat([torch.randn(1, 77, 32), ad2.tokens(ref.clip_embeds, ref.face_embeds)], 1).repeat_interleave(2, 0)
@@ -327,7 +327,7 @@ def test_arcface_on_a_real_photo(models_tree):
     import numpy as np
     import skimage.data
 
-    from performer_pkg.models.face import ArcFace, align_face, detect_face
+    from performer_pkg.models.pose.face import ArcFace, align_face, detect_face
 
     photo = skimage.data.astronaut()  # 512×512; Eileen Collins' face spans about x 170-280, y 60-170
     x, y, w, h = detect_face(photo)
@@ -379,7 +379,7 @@ def test_ddim_inversion_then_sampling_reconstructs(ad, svd):
     step is the exact inverse of the DDIM step up to the fixed point's convergence.  Plain inversion (refine=0,
     PoseCrafter's rule) assumes ε barely changes between neighbouring latents; the tiny random UNet's ε is
     large next to its clean latents (std ≈ 0.06 vs 0.02), so there it only improves with more steps."""
-    from performer_pkg.models.sampling import ddim_invert, encode_video
+    from performer_pkg.models.sampling.sampler import ddim_invert, encode_video
 
     ref = encode_reference(ad, _img())
     x0 = encode_video(ad, torch.rand(4, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(1)))
@@ -403,7 +403,7 @@ def test_inversion_and_personalisation_follow_the_prediction_type(ad):
 
     from diffusers import DDPMScheduler
 
-    from performer_pkg.models.sampling import ddim_invert, encode_video, training_target
+    from performer_pkg.models.sampling.sampler import ddim_invert, encode_video, training_target
 
     cfg = dict(ad.scheduler_config, prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
     vp = dataclasses.replace(ad, scheduler_config=cfg)

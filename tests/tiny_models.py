@@ -288,7 +288,7 @@ def build_models_tree(root: str) -> Dict[str, str]:
     Returns a dict naming the files/folders written (relative to ``root``)."""
     torch.manual_seed(0)
     import performer_pkg  # noqa: F401  (registered by tests/conftest.py or scripts/demo.py)
-    from performer_pkg.models import backbones
+    from performer_pkg.models.backbones import loaders as backbones
 
     paths = {
         "sd15_file": "checkpoints/tiny_sd15.safetensors",
@@ -328,7 +328,7 @@ def build_models_tree(root: str) -> Dict[str, str]:
 
 def tiny_pose_controller(seed=11, downsample=2):
     """A pose controller whose zero conv has been 'trained' a little (random small weights) so it acts."""
-    from performer_pkg.models.pose_controller import PoseController
+    from performer_pkg.models.guidance.pose_controller import PoseController
 
     torch.manual_seed(seed)
     pc = PoseController(latent_channels=4, downsample=downsample, channels=(8, 16), heads=2)
@@ -340,7 +340,7 @@ def tiny_pose_controller(seed=11, downsample=2):
 
 
 def tiny_identity_adapter(unet, clip_dim, seed=12):
-    from performer_pkg.models.identity import IdentityAdapter
+    from performer_pkg.models.attention.identity import IdentityAdapter
 
     torch.manual_seed(seed)
     return IdentityAdapter.for_unet(unet, clip_dim=clip_dim, num_image_tokens=2, face_dim=512, num_face_tokens=2)

@@ -19,7 +19,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from .errors import BadModelFileError
+from ..errors import BadModelFileError
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."

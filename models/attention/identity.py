@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import BadInputError
-from .reference_attention import patched_processors
+from ..errors import BadInputError
+from .reference import patched_processors
 
 
 def _key(name: str) -> str:
@@ -103,13 +103,13 @@ class IdentityAdapter(nn.Module):
         return torch.cat(parts, 1)
 
     def save(self, path: str, extra_metadata: Optional[Dict[str, str]] = None) -> None:
-        from .weights import write_performer_file
+        from ..backbones.weights import write_performer_file
 
         write_performer_file(self, path, "identity_adapter", self.config, extra_metadata)
 
 
 def load_identity_adapter(path: str, device=None, dtype=torch.float32) -> IdentityAdapter:
-    from .weights import load_performer_module
+    from ..backbones.weights import load_performer_module
 
     return load_performer_module(IdentityAdapter, path, "identity_adapter", "identity adapter", device, dtype)
 

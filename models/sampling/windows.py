@@ -17,7 +17,7 @@ from typing import List, Tuple
 
 import torch
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 
 def plan_windows(frames: int, window: int = 16, stride: int = 8) -> List[List[int]]:

@@ -22,9 +22,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .common import onnx_session, to_uint8
-from .errors import BadInputError, BadModelFileError, MissingModelError
-from .pose import FACE, LHAND, N_POINTS, RHAND, PoseSequence
+from ..common import onnx_session, to_uint8
+from ..errors import BadInputError, BadModelFileError, MissingModelError
+from .sequence import FACE, LHAND, N_POINTS, RHAND, PoseSequence
 
 Callback = Optional[Callable[[int, int], None]]
 
@@ -250,7 +250,7 @@ OPENPOSE_FILES = {"body": "body_pose_model.pth", "hand": "hand_pose_model.pth", 
 
 def openpose_result_to_133(results, width: int, height: int, max_people: int) -> np.ndarray:
     """controlnet_aux ``PoseResult`` list (normalised coordinates; absent = None or negative) -> (people, 133, 3)."""
-    from .pose import OP18_FROM_COCO
+    from .sequence import OP18_FROM_COCO
 
     k = np.zeros((max(1, min(len(results), max_people)), N_POINTS, 3), np.float32)
     for p, r in enumerate(results[:max_people]):

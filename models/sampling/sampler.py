@@ -30,7 +30,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 Callback = Optional[Callable[[int, int], None]]
 
@@ -119,7 +119,7 @@ def encode_reference(bb, image: torch.Tensor, noise_aug: float = 0.02, seed: int
     if bb.image_encoder is not None and bb.feature_extractor is not None:
         ref.clip_embeds = clip_image_embeds(bb, img).float().cpu()
     if face != "off" and bb.arcface is not None:
-        from .face import align_face
+        from ..pose.face import align_face
 
         try:
             crop = align_face(img[0], landmarks=face_landmarks)
@@ -132,7 +132,7 @@ def encode_reference(bb, image: torch.Tensor, noise_aug: float = 0.02, seed: int
     elif face == "require":
         raise BadInputError("face='require' but the pipe has no ArcFace model (add one with Add Identity Adapter).")
     if pose is not None:
-        from .pose_controller import maps_to_tensor
+        from ..guidance.pose_controller import maps_to_tensor
 
         ref.pose = maps_to_tensor(pose, h, w, 1, "reference pose")
     _check_finite(ref.latent, "The reference latent")
@@ -231,7 +231,7 @@ class _Run:
     """Everything fixed for one sampling run (contexts, pose features), built once."""
 
     def __init__(self, bb, s: VideoSettings, ref: Optional[Reference], skeleton, smplx):
-        from .pose_controller import maps_to_tensor
+        from ..guidance.pose_controller import maps_to_tensor, pose_features
 
         self.bb, self.s, self.ref = bb, s, ref
         self.cfg = s.cfg > 1.0 if bb.family == "sd15" else max(s.cfg, s.min_cfg) > 1.0
@@ -246,14 +246,8 @@ class _Run:
         self.smplx = maps_to_tensor(smplx, s.height, s.width, s.frames, "SMPL-X renders") if smplx is not None else None
         self.pose_feat = None
         if (self.skeleton is not None or self.smplx is not None) and bb.pose_controller is not None:
-            feats = []
-            for i in range(0, s.frames, 16):  # encoder memory bounded by chunks of 16 frames
-                maps = {"skeleton": None if self.skeleton is None else self.skeleton[i:i + 16],
-                        "smplx": None if self.smplx is None else self.smplx[i:i + 16]}
-                maps = {k: v for k, v in maps.items() if v is not None and k in bb.pose_controller.encoders}
-                if maps:
-                    feats.append(bb.pose_controller(maps).to(dt) * s.pose_scale)
-            self.pose_feat = torch.cat(feats).permute(1, 0, 2, 3)[None] if feats else None  # (1, C, F, h, w)
+            feat = pose_features(bb.pose_controller, self.skeleton, self.smplx, s.pose_scale)
+            self.pose_feat = feat.to(dt).permute(1, 0, 2, 3)[None] if feat is not None else None  # (1, C, F, h, w)
         self.hint = None
         if bb.controlnet is not None:
             if self.skeleton is None:
@@ -371,8 +365,8 @@ def unet_video(unet, motion: bool, x: torch.Tensor, t, ctx: torch.Tensor, **extr
 def _attention_patches(bb, s: "VideoSettings", reference, use_reference_attention: bool, ref_state=None):
     """Identity and reference / key-frame processors for one run (originals restored on exit).
     Yields (the reference state to hand to ``_Run.predict`` or None, whether the reference pass must run)."""
-    from .identity import identity_attention
-    from .reference_attention import reference_attention
+    from ..attention.identity import identity_attention
+    from ..attention.reference import reference_attention
 
     use_ref = use_reference_attention and reference is not None and s.reference_strength > 0
     uncond = s.reference_uncond or DEFAULT_REFERENCE_UNCOND[bb.family]
@@ -409,7 +403,7 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
     ``step_hook(i, latents)``: called before step ``i`` (0 = before the first); returns the latents to use
     (PoseCrafter's latent editing at a chosen step).
     """
-    from .reference_attention import write_reference
+    from ..attention.reference import write_reference
     from .windows import plan_windows, window_weights
 
     if bb.family not in ("sd15", "svd"):
@@ -504,7 +498,7 @@ def ddim_invert(bb, latents: torch.Tensor, s: VideoSettings, reference: Optional
     """
     from diffusers import DDIMScheduler
 
-    from .reference_attention import write_reference
+    from ..attention.reference import write_reference
 
     if bb.family != "sd15":
         raise BadInputError("DDIM inversion works with AnimateDiff/SD1.5 pipes (SVD samples with EDM).")

@@ -31,8 +31,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .common import to_uint8 as _u8
-from .errors import BadInputError
+from ..common import to_uint8 as _u8
+from ..errors import BadInputError
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -210,7 +210,7 @@ def _load_dir(path: str) -> np.ndarray:
 
 
 def main(argv=None):
-    """``python -m models.metrics --pred DIR --gt DIR [--gt-mask DIR] [--out metrics.json]``"""
+    """``python -m models.evaluate.metrics --pred DIR --gt DIR [--gt-mask DIR] [--out metrics.json]``"""
     import argparse
 
     ap = argparse.ArgumentParser(description="Video metrics (PSNR, SSIM, L1, mask IoU) of generated frames against ground truth.")

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import BadInputError, BadModelFileError
+from ..errors import BadInputError, BadModelFileError
 
 # insightface's arcface_dst template (112×112): left eye, right eye, nose, left/right mouth corner.
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -31,7 +31,7 @@ def _cv2():
 
 
 def _to_uint8(image) -> np.ndarray:
-    from .common import to_uint8
+    from ..common import to_uint8
 
     a = to_uint8(image)
     return a[0] if a.ndim == 4 else a
@@ -103,7 +103,7 @@ class ArcFace:
     """ArcFace ONNX model run with onnxruntime (CUDA provider first when available)."""
 
     def __init__(self, path: str):
-        from .common import onnx_session
+        from ..common import onnx_session
 
         if not os.path.isfile(path):
             raise BadModelFileError(f"ArcFace model not found: {path}")

@@ -77,7 +77,7 @@ def edit_latents(init: torch.Tensor, ref_latent: torch.Tensor, ref_landmarks: Di
     out = init.clone()
     _, C, Fr, h, w = init.shape
     if len(target_landmarks) != Fr:
-        from .errors import BadInputError
+        from ..errors import BadInputError
 
         raise BadInputError(f"Landmarks are given for {len(target_landmarks)} frames but the latent has {Fr}.")
     reports, boxes = [], []

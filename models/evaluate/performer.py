@@ -24,7 +24,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 MOTIONS = ("walk", "wave", "squat", "turn", "dance")
 EVAL_BASE = 1_000_000  # identity and sequence seeds >= this are never used in training
@@ -160,9 +160,9 @@ def geometry(spec: PerformerSpec, with_flow: bool = True) -> Dict[str, object]:
     material, the mask, keypoints, SMPL-X parameters and (``with_flow``) the true flow to the next frame."""
     from scipy.spatial.transform import Rotation as R
 
-    from . import body as B
-    from .fit import body_to_pose
-    from .render import Renderer, human_flow
+    from ..body import smplx as B
+    from ..body.fit import body_to_pose
+    from ..body.render import Renderer, human_flow
 
     if spec.frames < 1 or not 16 <= spec.size <= 1024:
         raise BadInputError(f"A performer needs frames >= 1 and a size of 16..1024 px; got {spec.frames} frames, {spec.size} px.")

@@ -1,5 +1,5 @@
 """Architecture from checkpoint shapes: LDM / sgm UNet layout, VAE and CLIP text configs inferred from tensor
-shapes over the reference configs in ``models/configs/``.  Used by the loaders (:mod:`.backbones`) and the SVD
+shapes over the reference configs in ``models/backbones/configs/``.  Used by the loaders (:mod:`.backbones`) and the SVD
 converter (:mod:`.convert_svd`); it imports neither, so the two do not import each other."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, List
 
 import torch
 
-from .errors import BadModelFileError
+from ..errors import BadModelFileError
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "configs")
 

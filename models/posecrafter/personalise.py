@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 TARGETS = ("posecrafter", "temporal")
 
@@ -98,7 +98,7 @@ class Personalised:
 
 
 def load_personalised(path: str) -> Personalised:
-    from .weights import read_performer_file
+    from ..backbones.weights import read_performer_file
 
     meta, tensors = read_performer_file(path, "personalised", "personalised checkpoint", key="performer.meta")
     return Personalised(tensors, meta)
@@ -106,7 +106,7 @@ def load_personalised(path: str) -> Personalised:
 
 def apply_personalised(bb, p: Personalised):
     """A new pipe whose UNet (a clone) carries the personalised tensors; ``bb`` is untouched."""
-    from .backbones import clone_module
+    from ..backbones.loaders import clone_module
 
     names = p.meta.get("unet_params", [])
     sd = dict(bb.unet.named_parameters())
@@ -156,7 +156,7 @@ def _frame_split(n: int, holdout: bool):
 def _trainable_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A deep copy whose tensors are ordinary (ComfyUI loads models under inference mode; inference tensors
     cannot take part in autograd)."""
-    from .backbones import clone_module
+    from ..backbones.loaders import clone_module
 
     m = clone_module(module)
     with torch.no_grad():
@@ -172,7 +172,7 @@ def _trainable_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 def personalise(*args, **kwargs):
     """See :func:`_personalise`; runs with gradients on even inside ComfyUI's inference mode."""
-    from .common import gradients
+    from ..common import gradients
 
     with gradients():
         return _personalise(*args, **kwargs)
@@ -183,8 +183,8 @@ def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Op
                 resume: Optional[Personalised] = None):
     """Train; returns (Personalised, personalised pipe).  ``frames``: IMAGE (F, H, W, 3); ``skeleton``: their pose
     maps (needed when the pipe has a ControlNet or the pose controller trains)."""
-    from .pose_controller import maps_to_tensor
-    from .sampling import check_size, controlnet_hint, encode_prompts, encode_video, training_target, unet_video
+    from ..guidance.pose_controller import maps_to_tensor
+    from ..sampling.sampler import check_size, controlnet_hint, encode_prompts, encode_video, training_target, unet_video
 
     s = settings
     if bb.family != "sd15":
@@ -338,7 +338,7 @@ def eval_loss(bb, frames: torch.Tensor, indices: List[int], seed: int = 123, tim
     and noise (deterministic; for tests and reports)."""
     from diffusers import DDPMScheduler
 
-    from .sampling import encode_prompts, encode_video, training_target, unet_video
+    from ..sampling.sampler import encode_prompts, encode_video, training_target, unet_video
 
     lat = encode_video(bb, frames[indices])
     ctx = encode_prompts(bb, [prompt])
@@ -382,10 +382,10 @@ def _read_frames(path: str, size: Optional[int]) -> torch.Tensor:
 
 
 def main(argv=None):
-    """``python -m models.personalise`` from the pack's folder: the same training as the Personalise node."""
+    """``python -m models.posecrafter.personalise`` from the pack's folder: the same training as the Personalise node."""
     import argparse
 
-    from .backbones import load_backbone, with_controlnet, with_motion_module
+    from ..backbones.loaders import load_backbone, with_controlnet, with_motion_module
 
     ap = argparse.ArgumentParser(description="One-shot personalisation of an AnimateDiff pipe on one video.")
     ap.add_argument("--backbone", required=True, help="SD1.5 single file or diffusers folder")
@@ -406,7 +406,7 @@ def main(argv=None):
     frames = _read_frames(a.frames, a.size)
     skeleton = None
     if a.poses:
-        from .pose import draw, load_json
+        from ..pose.sequence import draw, load_json
 
         skeleton = torch.from_numpy(draw(load_json(a.poses), frames.shape[2], frames.shape[1])).float() / 255.0
     s = TrainSettings(**{k: getattr(a, k) for k in asdict(TrainSettings())})

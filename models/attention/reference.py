@@ -31,8 +31,8 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
-from . import attention_math as AM
-from .errors import BadInputError
+from . import maths as AM
+from ..errors import BadInputError
 
 
 def is_spatial_self_attention(name: str) -> bool:

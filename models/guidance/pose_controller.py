@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 KINDS = ("skeleton", "smplx")
 
@@ -93,13 +93,29 @@ class PoseController(nn.Module):
         return out
 
     def save(self, path: str, extra_metadata: Optional[Dict[str, str]] = None) -> None:
-        from .weights import write_performer_file
+        from ..backbones.weights import write_performer_file
 
         write_performer_file(self, path, "pose_controller", self.config, extra_metadata)
 
 
+def pose_features(pc: "PoseController", skeleton: Optional[torch.Tensor], smplx: Optional[torch.Tensor],
+                  scale: float = 1.0, chunk: int = 16) -> Optional[torch.Tensor]:
+    """The controller's features for a video's pose maps, ``(F, C, h, w)``, or None when the controller has no encoder
+    for any given kind.  Maps are ``(F, 3, H, W)`` in 0..1; encoder memory is bounded by chunks of ``chunk`` frames.
+    Both adapters add exactly this to the (scaled) noisy latent: the pack's pipe and the native Apply Pose Guidance."""
+    n = skeleton.shape[0] if skeleton is not None else smplx.shape[0] if smplx is not None else 0
+    feats = []
+    for i in range(0, n, chunk):
+        maps = {"skeleton": None if skeleton is None else skeleton[i:i + chunk],
+                "smplx": None if smplx is None else smplx[i:i + chunk]}
+        maps = {k: v for k, v in maps.items() if v is not None and k in pc.encoders}
+        if maps:
+            feats.append(pc(maps) * scale)
+    return torch.cat(feats) if feats else None
+
+
 def load_pose_controller(path: str, device=None, dtype=torch.float32) -> PoseController:
-    from .weights import load_performer_module
+    from ..backbones.weights import load_performer_module
 
     return load_performer_module(PoseController, path, "pose_controller", "pose controller", device, dtype)
 

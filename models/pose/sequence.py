@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 N_POINTS = 133
 BODY = slice(0, 17)

@@ -18,9 +18,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .body import BodyModel, BodySequence, Camera, EMBEDDED
-from .errors import BadInputError
-from .pose import PoseSequence
+from .smplx import BodyModel, BodySequence, Camera, EMBEDDED
+from ..errors import BadInputError
+from ..pose.sequence import PoseSequence
 
 # COCO-WholeBody index -> SMPL-X joint index (127-joint output of smplx)
 COCO_TO_SMPLX = {0: 55, 1: 57, 2: 56, 3: 59, 4: 58, 5: 16, 6: 17, 7: 18, 8: 19, 9: 20, 10: 21, 11: 1, 12: 2, 13: 4, 14: 5,
@@ -84,7 +84,7 @@ def keypoint_targets(pose: PoseSequence, person: int = 0, threshold: float = 0.3
 
 def fit_to_keypoints(*args, **kwargs) -> BodySequence:
     """See :func:`_fit` — run with gradients on even inside ComfyUI's inference mode."""
-    from .common import gradients
+    from ..common import gradients
 
     with gradients():
         return _fit(*args, **kwargs)
@@ -213,7 +213,7 @@ def _fit(pose: PoseSequence, model: BodyModel, camera: Optional[Camera] = None, 
 
 def body_to_pose(body: BodySequence, model: BodyModel) -> PoseSequence:
     """Project the body's joints to a PERFORMER_POSE (COCO-WholeBody layout; face points absent)."""
-    from .pose import N_POINTS
+    from ..pose.sequence import N_POINTS
 
     with torch.no_grad():
         J = model.forward(body)["joints"].cpu().numpy()

@@ -20,7 +20,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 
 @dataclass
@@ -41,7 +41,7 @@ class PoseCrafterSettings:
 
 
 def _landmarks(pose, frame, size_from, size_to):
-    from .pose import landmarks
+    from ..pose.sequence import landmarks
 
     sx, sy = size_to[0] / size_from[0], size_to[1] / size_from[1]
     out = {}
@@ -56,8 +56,8 @@ def _landmarks(pose, frame, size_from, size_to):
 def posecrafter(bb, train_images: torch.Tensor, train_poses, target_poses, s: PoseCrafterSettings,
                 callback: Optional[Callable[[int, int], None]] = None):
     """Returns (latents (1, C, F, h, w) for the target frames, info dict with the chosen frame and edit reports)."""
-    from .pose import draw, nearest_frame
-    from .sampling import VideoSettings, ddim_invert, encode_video, sample_video
+    from ..pose.sequence import draw, nearest_frame
+    from ..sampling.sampler import VideoSettings, ddim_invert, encode_video, sample_video
     from .editing import edit_latents
 
     if bb.family != "sd15" or bb.motion_adapter is None:

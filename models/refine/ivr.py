@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import BadInputError
+from ..errors import BadInputError
 from .hashgrid import HashEncoding
 
 

@@ -7,7 +7,7 @@ from typing import Dict, Iterable, Sequence
 
 import torch
 
-from .errors import BadModelFileError, MissingModelError
+from ..errors import BadModelFileError, MissingModelError
 
 WEIGHT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -95,7 +95,7 @@ def read_performer_file(path: str, kind: str, what: str, key: str = "performer.c
 
     from safetensors import safe_open
 
-    from .errors import BadModelFileError
+    from ..errors import BadModelFileError
 
     try:
         with safe_open(path, "pt") as f:
@@ -127,7 +127,7 @@ def load_performer_module(cls, path: str, kind: str, what: str, device=None, dty
     """Build ``cls(**config)`` from a pack-made safetensors file and load its weights (frozen, eval mode)."""
     import torch
 
-    from .errors import BadModelFileError
+    from ..errors import BadModelFileError
 
     cfg, sd = read_performer_file(path, kind, what)
     module = cls(**cfg)

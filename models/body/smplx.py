@@ -17,7 +17,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .errors import BadInputError, BadModelFileError, MissingModelError
+from ..errors import BadInputError, BadModelFileError, MissingModelError
 
 REQUIRED_KEYS = {
     "v_template": (None, 3), "f": (None, 3), "shapedirs": (None, 3, None), "posedirs": (None, 3, 486),
@@ -58,7 +58,7 @@ class BodyModel:
         import smplx
 
         if path in (None, "", EMBEDDED):
-            from . import body_model
+            from . import default_model as body_model
 
             arrays = body_model.generate()
             self.name, self.embedded = body_model.EMBEDDED_NAME, True

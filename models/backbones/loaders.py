@@ -13,7 +13,7 @@ Supported families and layouts:
 Single files carry no architecture config, and diffusers' ``from_single_file`` would fetch one
 from the hub.  We never let it: the architecture is *read from the tensor shapes* (so full-size
 and tiny test models go through the same path), merged over the reference configs shipped in
-``models/configs/``, written to a private temporary folder and handed to ``from_single_file``
+``models/backbones/configs/``, written to a private temporary folder and handed to ``from_single_file``
 with ``local_files_only=True``.  Settings that shapes cannot reveal (head counts) come from the
 reference config of the family.
 """
@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from .errors import BadModelFileError, MissingModelError
+from ..errors import BadModelFileError, MissingModelError
 from .ldm_layout import (_indices, _require, _strip, infer_clip_text_config, infer_ldm_unet_layout,  # noqa: F401
                          infer_ldm_vae_config, reference_config)
 from .weights import detect_family, file_hash, read_state_dict
@@ -68,9 +68,9 @@ class Backbone:
     feature_extractor: Any = None
     motion_adapter: Optional[torch.nn.Module] = None
     controlnet: Optional[torch.nn.Module] = None
-    pose_controller: Optional[torch.nn.Module] = None  # models.pose_controller.PoseController
-    identity_adapter: Optional[torch.nn.Module] = None  # models.identity.IdentityAdapter
-    arcface: Any = None  # models.face.ArcFace
+    pose_controller: Optional[torch.nn.Module] = None  # models.guidance.pose_controller.PoseController
+    identity_adapter: Optional[torch.nn.Module] = None  # models.attention.identity.IdentityAdapter
+    arcface: Any = None  # models.pose.face.ArcFace
     source: Dict[str, str] = field(default_factory=dict)
 
     def with_parts(self, **parts) -> "Backbone":
@@ -356,7 +356,7 @@ def with_motion_module(bb: Backbone, path: str) -> Backbone:
     (``UNetMotionModel.from_unet2d`` copies the 2D weights into a new module)."""
     from diffusers import UNetMotionModel
 
-    from .errors import BadInputError
+    from ..errors import BadInputError
 
     if bb.family != "sd15":
         raise BadInputError(f"Motion modules work with SD1.5 pipes; this pipe is {bb.family}.")
@@ -369,7 +369,7 @@ def with_motion_module(bb: Backbone, path: str) -> Backbone:
 
 def with_controlnet(bb: Backbone, path: str) -> Backbone:
     """A new SD1.5 backbone with the ControlNet at ``path`` attached; ``bb`` is left untouched."""
-    from .errors import BadInputError
+    from ..errors import BadInputError
 
     if bb.family != "sd15":
         raise BadInputError(f"ControlNets here are SD1.5 ControlNets; this pipe is {bb.family}.")
@@ -425,8 +425,8 @@ def load_clip_vision(path: str, *, device=None, dtype=torch.float32):
 
 
 def with_pose_controller(bb: Backbone, path: str) -> Backbone:
-    from .errors import BadInputError
-    from .pose_controller import load_pose_controller
+    from ..errors import BadInputError
+    from ..guidance.pose_controller import load_pose_controller
 
     pc = load_pose_controller(path, device=bb.device, dtype=bb.dtype)
     lat = 4
@@ -439,14 +439,14 @@ def with_pose_controller(bb: Backbone, path: str) -> Backbone:
 def with_identity_adapter(bb: Backbone, path: Optional[str], clip_vision: Optional[str] = None,
                           arcface: Optional[str] = None) -> Backbone:
     """Attach an identity adapter (+ a CLIP image encoder for SD1.5, + an ArcFace ONNX model)."""
-    from .errors import BadInputError
-    from .identity import load_identity_adapter
+    from ..errors import BadInputError
+    from ..attention.identity import load_identity_adapter
 
     parts: Dict[str, Any] = {}
     src: Dict[str, str] = {}
     if path:
         ad = load_identity_adapter(path, device=bb.device, dtype=bb.dtype)
-        from .identity import cross_attention_layers
+        from ..attention.identity import cross_attention_layers
 
         missing = [n for n in cross_attention_layers(bb.unet) if n not in ad.config["layers"]]
         if missing:
@@ -460,7 +460,7 @@ def with_identity_adapter(bb: Backbone, path: Optional[str], clip_vision: Option
         parts.update(image_encoder=enc, feature_extractor=fe)
         src["clip_vision"] = clip_vision
     if arcface:
-        from .face import ArcFace
+        from ..pose.face import ArcFace
 
         parts["arcface"] = ArcFace(arcface)
         src["arcface"] = arcface

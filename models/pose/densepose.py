@@ -18,7 +18,7 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
-from .errors import BadInputError, BadModelFileError
+from ..errors import BadInputError, BadModelFileError
 
 N_PARTS = 24
 
@@ -30,7 +30,7 @@ class DensePoseExtractor:
         import torch
 
         if not os.path.isfile(path):
-            from .errors import MissingModelError
+            from ..errors import MissingModelError
 
             raise MissingModelError("performer_pose", [os.path.basename(path)], [os.path.dirname(path)], "DensePose TorchScript model.")
         try:
@@ -54,7 +54,7 @@ class DensePoseExtractor:
 
     def __call__(self, frames: np.ndarray, cmap: str = "viridis", callback: Optional[Callable] = None) -> Tuple[np.ndarray, np.ndarray]:
         """(colour maps (F,H,W,3) uint8, IUV (F,H,W,3) float32 with I/24, U, V)."""
-        from .pose_extract import check_frames
+        from .extract import check_frames
 
         if cmap not in ("viridis", "parula"):
             raise BadInputError(f"cmap must be 'viridis' (MagicAnimate) or 'parula'; got {cmap!r}.")

@@ -28,7 +28,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 # part colours for the semantic map: groups of SMPL-X joints (index = joint with the largest skinning weight)
 PART_OF_JOINT = {0: 0, 3: 1, 6: 1, 9: 1, 12: 2, 15: 3, 22: 3, 23: 3, 24: 3, 13: 4, 16: 4, 14: 5, 17: 5, 18: 6, 19: 7,

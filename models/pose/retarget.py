@@ -20,8 +20,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import BadInputError
-from .pose import FACE, LHAND, RHAND, PoseSequence
+from ..errors import BadInputError
+from .sequence import FACE, LHAND, RHAND, PoseSequence
 
 ROOT, NECK = -1, -2  # virtual joints: hip midpoint, shoulder midpoint
 # (parent, child) in COCO-17 indices, ordered outward from the hips

@@ -1,0 +1,1 @@
+"""The synthetic performer with full ground truth, and the video metrics."""

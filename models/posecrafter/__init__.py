@@ -1,0 +1,1 @@
+"""PoseCrafter: one-shot personalisation, key-frame selection and insertion, latent affine editing."""

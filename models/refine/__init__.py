@@ -1,0 +1,1 @@
+"""DiffPerformer's refinement: the implicit video representation on hash grids and its re-noise / re-denoise loop."""

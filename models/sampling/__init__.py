@@ -1,0 +1,1 @@
+"""Reference-conditioned video samplers over a loaded backbone, and sliding context windows."""
