@@ -69,6 +69,9 @@ class ComfyHost:
         link = os.path.join(nodes_dir, PACK_DIR_NAME)
         if not os.path.islink(link):
             os.symlink(HOST_PACK, link)
+        probe = os.path.join(nodes_dir, "performer_test_probe")  # test-only nodes (tests/host_probe), never shipped
+        if not os.path.islink(probe):
+            os.symlink(os.path.join(HERE, "host_probe"), probe)
         lines = ["performer_test:", f"  base_path: {self.models_root}"]
         lines += [f"  {k}: {v}" for k, v in MODEL_KINDS.items()]
         lines.append(f"  custom_nodes: {nodes_dir}")

@@ -294,6 +294,35 @@ def _frames(host, res):
     return [np.asarray(Image.open(io.BytesIO(host.view(f)))) for f in output_files(res)]
 
 
+def test_free_releases_everything_the_native_patches_hold(host):
+    """After a run of CheckpointLoaderSimple → Apply Causal Reference → Apply Pose Guidance → KSampler, POST /free
+    (unload models, free memory) leaves nothing of the pack alive: the test-only probe node (tests/host_probe) holds weak
+    references to the patched MODEL, both patch objects, the reference latent, the pose maps and every parameter of
+    the pose controller the node loaded; ComfyUI's loaded-model list must not hold a model carrying the pack's patches."""
+    import time
+
+    api = _native_api()
+    api["11"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["3", 0], "amount": 4}}
+    api["12"] = {"class_type": "PerformerApplyPoseGuidance",
+                 "inputs": {"model": ["4", 0], "pose_controller": "native_pose_controller_sd15.safetensors",
+                            "skeleton": ["11", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    api["13"] = {"class_type": "TestProbePerformerPatches", "inputs": {"model": ["12", 0]}}
+    api["8"]["inputs"]["model"] = ["13", 0]
+    api["10"]["inputs"]["filename_prefix"] = "performer/native_free"
+    res = host.run(api, timeout=600)
+    assert res["status"] == "execution_success", res["events"][-1]
+    before = host.get("/performer_test/alive")
+    assert {"patched MODEL", "CausalReferencePatch", "PoseGuidancePatch", "CausalReferencePatch.latent",
+            "PoseGuidancePatch.skeleton", "PoseGuidancePatch.controller"} <= set(before["alive"]), before
+    assert before["loaded_with_pack_patches"] >= 1, before  # the sampled clone is in ComfyUI's loaded-model list
+    host.free()
+    deadline, after = time.time() + 60, before
+    while time.time() < deadline and (after["alive"] or after["loaded_with_pack_patches"]):
+        time.sleep(1)  # /free is carried out by the prompt worker between prompts
+        after = host.get("/performer_test/alive")
+    assert after["alive"] == [] and after["loaded_with_pack_patches"] == 0, after
+
+
 def test_original_model_unchanged_in_the_host_also_after_error_and_interrupt(host):
     """Same server: the plain CheckpointLoaderSimple → KSampler graph gives the same frames before and after the patched
     clone ran, failed (a reference of the wrong size) and was interrupted."""
@@ -394,3 +423,29 @@ def test_svd_native_patch_reads_spatial_layers_only_once_per_run_and_zero_is_exa
     assert {c for c in spatial_calls if not c[0]} == {(False, 128, 4), (False, 32, 4), (False, 64, 1), (False, 16, 1)}
     assert p.reads == 3 * len(keys)  # each spatial layer reads once per step, never in temporal blocks
     assert torch.equal(_svd_sample(model), base)  # the original is unchanged
+
+
+def test_svd_pose_guidance_goes_to_the_noisy_channels_of_both_cfg_halves():
+    """Core's SVD input is 8 channels (noisy latent ⊕ the image latent); the pose features go to the 4 noisy ones,
+    for every frame of both CFG halves, and the image half is left alone (as in the pack's pipe)."""
+    from performer_pkg.models.guidance.pose_controller import maps_to_tensor, pose_features
+    from performer_pkg.nodes.native import apply_pose_guidance
+
+    model = tm.core_svd_patcher()
+    pc = tm.tiny_pose_controller(downsample=2)
+    sk = torch.rand((4, 16, 16, 3), generator=torch.Generator().manual_seed(5))
+    m, patch = apply_pose_guidance(model, pc, sk)
+    seen = []
+    hook = model.model.diffusion_model.input_blocks[0][0].register_forward_pre_hook(  # the first conv
+        lambda mod, args: seen.append(args[0].detach().clone()))
+    try:
+        base = _svd_sample(model, steps=1)
+        guided = _svd_sample(m, steps=1)
+    finally:
+        hook.remove()
+    assert not torch.equal(base, guided) and patch.last_calls == [[0, 1, 2, 3]]
+    diff = seen[1] - seen[0]  # the first UNet call of each run: same noise, same σ
+    assert diff.shape == (8, 8, 8, 8) and torch.equal(diff[:, 4:], torch.zeros_like(diff[:, 4:]))
+    with torch.no_grad():
+        feats = pose_features(pc, maps_to_tensor(sk, 16, 16, 4, "skeleton maps"), None)
+    assert torch.allclose(diff[:, :4], feats.repeat(2, 1, 1, 1), atol=1e-5)

@@ -372,6 +372,7 @@ def build_addons(root: str, sd15, svd) -> Dict[str, str]:
     add = {
         "pose_sd15": "performer/adapters/tiny_pose_controller_sd15.safetensors",
         "pose_svd": "performer/adapters/tiny_pose_controller_svd.safetensors",
+        "pose_native_sd15": "performer/adapters/native_pose_controller_sd15.safetensors",  # 8× latents (real SD VAE)
         "id_sd15": "performer/adapters/tiny_identity_sd15.safetensors",
         "id_svd": "performer/adapters/tiny_identity_svd.safetensors",
         "clip_vision": "clip_vision/tiny_clip_vision.safetensors",
@@ -380,6 +381,7 @@ def build_addons(root: str, sd15, svd) -> Dict[str, str]:
     P = {k: os.path.join(root, v) for k, v in add.items()}
     tiny_pose_controller(11, sd15.vae_scale_factor).save(P["pose_sd15"])
     tiny_pose_controller(14, svd.vae_scale_factor).save(P["pose_svd"])
+    tiny_pose_controller(15, 8).save(P["pose_native_sd15"])
     clip_dim = svd.image_encoder.config.projection_dim
     tiny_identity_adapter(sd15.unet, clip_dim).save(P["id_sd15"])
     tiny_identity_adapter(svd.unet, 0, seed=16).save(P["id_svd"])

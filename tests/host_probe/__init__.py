@@ -1,0 +1,66 @@
+"""Test-only custom nodes for the test host (never shipped): a probe that watches what the pack's native patches hold.
+
+``TestProbePerformerPatches`` passes a MODEL through and keeps **weak** references to the patched clone, every patch object
+of the pack found in its options, the tensors and modules those hold (reference latent, pose maps, pose controller).
+``GET /performer_test/alive`` runs ``gc.collect()`` and reports how many are still alive, and how many models in
+ComfyUI's loaded-model list carry one of the pack's patches, so a test can check what ``/free`` released."""
+import gc
+import weakref
+
+from server import PromptServer
+
+_REFS = []  # (what, weakref)
+PACK_KEYS = ("performer_causal_reference", "performer_pose_guidance")
+
+
+def _patches(model):
+    found = []
+    for kinds in model.wrappers.values():
+        for key, fns in kinds.items():
+            if key in PACK_KEYS:
+                found += [getattr(f, "__self__", None) for f in fns]
+    return [p for p in found if p is not None]
+
+
+def _watch(what, obj):
+    if obj is not None:
+        _REFS.append((what, weakref.ref(obj)))
+
+
+class TestProbePerformerPatches:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "probe"
+    CATEGORY = "testing"
+
+    def probe(self, model):
+        _watch("patched MODEL", model)
+        for p in _patches(model):
+            _watch(type(p).__name__, p)
+            for attr in ("latent", "controller", "skeleton", "smplx", "reference_pose"):
+                _watch(f"{type(p).__name__}.{attr}", getattr(p, attr, None))
+            if getattr(p, "controller", None) is not None:
+                for name, param in p.controller.named_parameters():
+                    _watch(f"controller.{name}", param)
+        return (model,)
+
+
+@PromptServer.instance.routes.get("/performer_test/alive")
+async def alive(request):
+    import comfy.model_management as mm
+    from aiohttp import web
+
+    gc.collect()
+    live = sorted({what for what, ref in _REFS if ref() is not None})
+    loaded = 0
+    for lm in list(mm.current_loaded_models):
+        m = lm.model
+        if m is not None and _patches(m):
+            loaded += 1
+    return web.json_response({"watched": len(_REFS), "alive": live, "loaded_with_pack_patches": loaded})
+
+
+NODE_CLASS_MAPPINGS = {"TestProbePerformerPatches": TestProbePerformerPatches}
