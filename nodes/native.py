@@ -42,6 +42,7 @@ from ._common import CATEGORY
 CAT = f"{CATEGORY}/native"
 KEY = "performer_causal_reference"
 POSE_KEY = "performer_pose_guidance"
+IDENTITY_KEY = "performer_identity"
 REFERENCE_PASS = "performer_reference_pass"  # transformer_options flag set during the causal reference's write pass
 
 
@@ -360,6 +361,158 @@ def apply_pose_guidance(model, controller, skeleton=None, smplx=None, reference_
     return m, patch
 
 
+def cross_attention_keys(diffusion_model) -> Dict[Tuple, str]:
+    """Core ``attn2`` key ``(block, id, transformer index)`` → the diffusers name of the same layer
+    (``down_blocks.i.attentions.j.transformer_blocks.t.attn2`` …), for the SD1.5-family UNet layout: input block ids
+    count a conv, then per level its res(+attention) blocks and a downsample; output blocks count res(+attention)
+    blocks per level, the upsample living inside the level's last block."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    nrb = list(diffusion_model.num_res_blocks)
+    out: Dict[Tuple, str] = {}
+    for i, block in enumerate(diffusion_model.input_blocks):
+        for layer in block:
+            if isinstance(layer, SpatialTransformer):
+                lvl, rest = 0, i - 1
+                while rest > nrb[lvl]:
+                    rest -= nrb[lvl] + 1
+                    lvl += 1
+                for t in range(len(layer.transformer_blocks)):
+                    out[("input", i, t)] = f"down_blocks.{lvl}.attentions.{rest}.transformer_blocks.{t}.attn2"
+    for layer in diffusion_model.middle_block:
+        if isinstance(layer, SpatialTransformer):
+            for t in range(len(layer.transformer_blocks)):
+                out[("middle", 0, t)] = f"mid_block.attentions.0.transformer_blocks.{t}.attn2"
+    up = list(reversed(nrb))
+    for i, block in enumerate(diffusion_model.output_blocks):
+        for layer in block:
+            if isinstance(layer, SpatialTransformer):
+                lvl, rest = 0, i
+                while rest > up[lvl]:
+                    rest -= up[lvl] + 1
+                    lvl += 1
+                for t in range(len(layer.transformer_blocks)):
+                    out[("output", i, t)] = f"up_blocks.{lvl}.attentions.{rest}.transformer_blocks.{t}.attn2"
+    return out
+
+
+class IdentityPatch:
+    """Decoupled cross-attention (IP-Adapter / VividPose) as ``attn2`` replacements on a core MODEL: the layer's own
+    cross-attention plus, per token kind, a scaled attention over that kind's keys/values, which are projected once
+    here (conditional tokens from the embeddings, unconditional ones from zero embeddings, as in the pipe), so the
+    adapter module itself is not kept."""
+
+    def __init__(self, kv: Dict[Tuple, list], scales: Tuple[float, float], start_percent: float, end_percent: float):
+        self.kv = kv  # core key → [(k_cond, v_cond, k_uncond, v_uncond, kind)], each (1, tokens, c) on the CPU
+        self.scales = {"image": float(scales[0]), "face": float(scales[1])}
+        self.start_percent, self.end_percent = float(start_percent), float(end_percent)
+        self.sigma_range: Optional[Tuple[float, float]] = None
+        self.reads = 0
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def outer_sample(self, executor, *args, **kwargs):
+        ms = executor.class_obj.model_patcher.get_model_object("model_sampling")
+        self.sigma_range = (float(ms.percent_to_sigma(self.end_percent)), float(ms.percent_to_sigma(self.start_percent)))
+        return executor(*args, **kwargs)
+
+    def attn2(self, q, k, v, extra_options):
+        from comfy.ldm.modules.attention import optimized_attention
+
+        from ..models.attention import maths as AM
+
+        heads, prec = extra_options["n_heads"], extra_options.get("attn_precision")
+
+        def attend(q_, k_, v_, h_):
+            return optimized_attention(q_, k_, v_, h_, attn_precision=prec)
+
+        sig = extra_options.get("sigmas")
+        if self.sigma_range is not None and sig is not None:
+            lo, hi = self.sigma_range
+            if not lo <= float(sig.flatten()[0]) <= hi:
+                return attend(q, k, v, heads)
+        key = (*extra_options["block"], extra_options.get("block_index", 0))
+        halves = list(extra_options.get("cond_or_uncond", [0])) or [0]
+        n = q.shape[0] // len(halves)
+        extra = []
+        for kc, vc, ku, vu, kind in self.kv[key]:
+            pick = lambda c, u: torch.cat([(c if h == 0 else u).to(q.device).expand(n, -1, -1) for h in halves])  # noqa: E731
+            extra.append((pick(kc, ku), pick(vc, vu), self.scales[kind]))
+        self.reads += 1
+        return AM.decoupled_cross_attention(q, k, v, heads, extra, attend)
+
+
+def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, face_embeds: Optional[torch.Tensor] = None,
+                   image_scale: float = 1.0, face_scale: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0):
+    """A clone of core ``model`` (SD1.5 family) with the pack's identity adapter on every cross-attention layer.
+    ``clip_embeds``: (1, D) projected CLIP image embedding; ``face_embeds``: (1, 512) ArcFace. Returns (clone, patch)."""
+    import comfy.model_base
+    import comfy.patcher_extension as pe
+
+    from ..models.attention.identity import _key
+    from ..models.errors import BadInputError
+
+    c = adapter.config
+    if isinstance(model.model, comfy.model_base.SVD_img2vid) or not hasattr(getattr(model.model, "diffusion_model", None), "input_blocks"):
+        raise BadInputError(f"Apply Identity supports SD1.5-family UNet models; this MODEL is {type(model.model).__name__}.")
+    if min(image_scale, face_scale) < 0 or not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise BadInputError(f"Need scales >= 0 and 0 <= start_percent <= end_percent <= 1; got {image_scale}, {face_scale}, "
+                            f"{start_percent}, {end_percent}.")
+    uses_image = bool(c["num_image_tokens"]) and image_scale > 0
+    if uses_image and clip_embeds is None:
+        raise BadInputError("This identity adapter has CLIP-image tokens but no clip_vision_output is connected; connect "
+                            "CLIP Vision Encode of the reference, or set image_scale to 0.")
+    if clip_embeds is not None and not c["num_image_tokens"]:
+        raise BadInputError("clip_vision_output is connected but this identity adapter has no CLIP-image tokens; it "
+                            "would be ignored. Disconnect it.")
+    if face_scale > 0 and face_embeds is None and not uses_image:
+        raise BadInputError("Apply Identity has nothing to apply: no face embedding and no CLIP-image tokens.")
+    if face_scale > 0 and face_embeds is None:
+        logging.warning("Apply Identity: no face embedding, so the face tokens use the unconditional (zero) embedding; "
+                        "connect face_image and an ArcFace model, or set face_scale to 0.")
+    keys = cross_attention_keys(model.model.diffusion_model)
+    missing = [n for n in keys.values() if n not in c["layers"]]
+    if missing or len(keys) != len(c["layers"]):
+        raise BadInputError(f"The identity adapter was made for another UNet: this model's layers "
+                            f"({len(keys)}, e.g. {next(iter(keys.values()), '-')}) do not match the adapter's "
+                            f"({len(c['layers'])}).")
+    dm = model.model.diffusion_model
+    for (blk, i, t), name in keys.items():  # same names, other widths: the projections must fit the layer
+        block = dm.middle_block if blk == "middle" else (dm.input_blocks if blk == "input" else dm.output_blocks)[i]
+        to_k = next(la for la in block if hasattr(la, "transformer_blocks")).transformer_blocks[t].attn2.to_k
+        if tuple(adapter.kv[_key(name) + "__k_face"].weight.shape) != tuple(to_k.weight.shape):
+            raise BadInputError(f"The identity adapter was made for another UNet: its projections at {name} are "
+                                f"{tuple(adapter.kv[_key(name) + '__k_face'].weight.shape)}, the model's "
+                                f"{tuple(to_k.weight.shape)}.")
+    taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    if any(k in taken or k[:2] in taken for k in keys):
+        raise BadInputError("This MODEL already has cross-attention replacements (another IP-Adapter or Apply Identity); a "
+                            "second one would silently replace them. Apply Identity once, to a model without them.")
+    with torch.no_grad():
+        adapter = adapter.to("cpu", torch.float32)  # the node's own freshly loaded module
+        cond = adapter.tokens(None if clip_embeds is None else clip_embeds.float(),
+                              None if face_embeds is None else face_embeds.float())
+        unc = adapter.tokens(None, None)
+        n_img = c["num_image_tokens"]
+        kv: Dict[Tuple, list] = {}
+        for core_key, name in keys.items():
+            entries = []
+            for kind, sl in (("image", slice(0, n_img)), ("face", slice(n_img, None))):
+                if kind == "image" and not n_img:
+                    continue
+                suffix = "img" if kind == "image" else "face"
+                kp, vp = adapter.kv[_key(name) + f"__k_{suffix}"], adapter.kv[_key(name) + f"__v_{suffix}"]
+                entries.append((kp(cond[:, sl]), vp(cond[:, sl]), kp(unc[:, sl]), vp(unc[:, sl]), kind))
+            kv[core_key] = entries
+    patch = IdentityPatch(kv, (image_scale, face_scale), start_percent, end_percent)
+    m = model.clone()
+    for name, i, t in keys:
+        m.set_model_attn2_replace(patch.attn2, name, i, t)
+    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, IDENTITY_KEY, patch.outer_sample)
+    return m, patch
+
+
 class PerformerApplyCausalReference(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -439,4 +592,63 @@ class PerformerApplyPoseGuidance(io.ComfyNode):
         return io.NodeOutput(m)
 
 
-NODES = [PerformerApplyCausalReference, PerformerApplyPoseGuidance]
+class PerformerApplyIdentity(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ._common import NONE, weight_choices
+
+        return io.Schema(
+            node_id="PerformerApplyIdentity", display_name="Apply Identity (VividPose, native) 🎭", category=CAT,
+            description="VividPose's identity on the MODEL your loaders give (SD1.5 family): decoupled cross-attention "
+                        "adds, in every cross-attention layer, attention over the reference's CLIP-image tokens (from "
+                        "CLIP Vision Encode) and ArcFace face tokens, through the identity adapter's own key/value "
+                        "projections. Returns a patched copy; the input MODEL is unchanged.",
+            inputs=[io.Model.Input("model", tooltip="The model to patch (a copy is returned)."),
+                    io.Combo.Input("identity_adapter", options=weight_choices("performer_adapters", with_dirs=False),
+                                   tooltip="An identity adapter .safetensors in models/performer/adapters."),
+                    io.ClipVisionOutput.Input("clip_vision_output", optional=True,
+                                              tooltip="CLIP Vision Encode of the reference image (for the CLIP-image tokens)."),
+                    io.Image.Input("face_image", optional=True,
+                                   tooltip="The reference image, for the ArcFace face tokens (needs an ArcFace model)."),
+                    io.Combo.Input("arcface", options=[NONE] + weight_choices("performer_face", with_dirs=False),
+                                   tooltip="ArcFace ONNX in models/performer/face, to embed face_image."),
+                    io.Float.Input("image_scale", default=1.0, min=0.0, max=4.0, step=0.05,
+                                   tooltip="Weight of the CLIP-image tokens (0 = off)."),
+                    io.Float.Input("face_scale", default=1.0, min=0.0, max=4.0, step=0.05,
+                                   tooltip="Weight of the face tokens (0 = off)."),
+                    io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                                   tooltip="Apply from this point of the schedule …"),
+                    io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="… until this point.")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The patched copy of the model.")],
+        )
+
+    @classmethod
+    def execute(cls, model, identity_adapter, arcface, image_scale, face_scale, start_percent, end_percent,
+                clip_vision_output=None, face_image=None) -> io.NodeOutput:
+        from ..models.attention.identity import load_identity_adapter
+        from ..models.errors import BadInputError
+        from ._common import NONE, resolve
+
+        ad = load_identity_adapter(resolve(identity_adapter, ("performer_adapters",)), device="cpu")
+        clip = None
+        if clip_vision_output is not None:
+            clip = getattr(clip_vision_output, "image_embeds", None)
+            if clip is None:
+                raise BadInputError("clip_vision_output has no image_embeds (a projected CLIP vision model is needed).")
+            clip = clip[:1].float().cpu()
+        face = None
+        if face_image is not None and face_scale > 0:
+            if arcface == NONE:
+                raise BadInputError("face_image is connected but arcface is none; choose an ArcFace ONNX model or "
+                                    "disconnect face_image.")
+            from ..models.pose.face import ArcFace, align_face
+
+            try:
+                face = torch.from_numpy(ArcFace(resolve(arcface, ("performer_face",))).embed(align_face(face_image[0])))[None]
+            except BadInputError as e:
+                logging.warning("Apply Identity: no face found in face_image (%s); the face tokens stay unconditional.", e)
+        m, _ = apply_identity(model, ad, clip, face, image_scale, face_scale, start_percent, end_percent)
+        return io.NodeOutput(m)
+
+
+NODES = [PerformerApplyCausalReference, PerformerApplyPoseGuidance, PerformerApplyIdentity]

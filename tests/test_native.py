@@ -275,6 +275,73 @@ def test_pose_guidance_bad_inputs_are_refused_clearly(setup):
         core_sample(short, setup, pipe_noise(), 1.0, steps=2)
 
 
+# ----------------------------------------------------------------------------- Apply Identity
+
+
+def _identity_inputs(models_tree, setup):
+    import dataclasses
+
+    from performer_pkg.models.attention.identity import load_identity_adapter
+
+    path = models_tree[1]["id_sd15"]
+    ad = load_identity_adapter(path)
+    g = torch.Generator().manual_seed(31)
+    clip = torch.randn(1, ad.config["clip_dim"], generator=g)
+    face = torch.nn.functional.normalize(torch.randn(1, ad.config["face_dim"], generator=g), dim=-1)
+    ref = dataclasses.replace(setup["ref"], clip_embeds=clip, face_embeds=face)
+    return path, clip, face, ref
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+def test_identity_parity_with_the_pipe(models_tree, setup, cfg):
+    """Apply Causal Reference + Apply Identity on core's MODEL against the pipe with the same identity adapter and the
+    same CLIP-image and face embeddings (the pipe appends the tokens to the context; the native patch projects them
+    once and adds the decoupled attention in core's attn2)."""
+    from performer_pkg.models.attention.identity import load_identity_adapter
+    from performer_pkg.models.backbones import loaders as backbones
+    from performer_pkg.models.sampling.sampler import VideoSettings, sample_video
+    from performer_pkg.nodes.native import apply_identity, cross_attention_keys
+
+    path, clip, face, ref = _identity_inputs(models_tree, setup)
+    keys = cross_attention_keys(setup["model"].model.diffusion_model)
+    assert sorted(keys.values()) == sorted(load_identity_adapter(path).config["layers"])  # the layout map is complete
+    bb = backbones.with_identity_adapter(setup["bb"], path)
+    s = VideoSettings(frames=FRAMES, width=SIZE, height=SIZE, steps=STEPS, cfg=cfg, seed=3, prompt="a person dancing",
+                      window=16, stride=8, scheduler="ddim")
+    pipe = sample_video(bb, s, ref)
+    m, _ = patched(setup)
+    m, patch = apply_identity(m, load_identity_adapter(path), clip, face)
+    core = core_sample(m, setup, pipe_noise(), cfg)
+    assert (core - pipe).abs().max() < 1e-4
+    assert (pipe - pipe_sample(setup, cfg, reference=True)).abs().max() > 1e-3  # identity did something
+    assert patch.reads > 0
+
+
+def test_identity_zero_scales_exact_original_untouched_and_bad_inputs(models_tree, setup):
+    from performer_pkg.models.attention.identity import load_identity_adapter
+    from performer_pkg.models.errors import BadInputError
+    from performer_pkg.nodes.native import apply_identity
+
+    path, clip, face, _ = _identity_inputs(models_tree, setup)
+    model = setup["model"]
+    before = options_snapshot(model)
+    noise = pipe_noise(7)
+    base = core_sample(model, setup, noise, 3.0, steps=4)
+    m0, _ = apply_identity(model, load_identity_adapter(path), clip, face, image_scale=0.0, face_scale=0.0)
+    assert torch.equal(core_sample(m0, setup, noise, 3.0, steps=4), base)
+    m1, _ = apply_identity(model, load_identity_adapter(path), clip, face)
+    assert not torch.equal(core_sample(m1, setup, noise, 3.0, steps=4), base)
+    assert torch.equal(core_sample(model, setup, noise, 3.0, steps=4), base) and options_snapshot(model) == before
+    with pytest.raises(BadInputError, match="no clip_vision_output"):
+        apply_identity(model, load_identity_adapter(path), None, face)
+    with pytest.raises(BadInputError, match="already has cross-attention replacements"):
+        apply_identity(m1, load_identity_adapter(path), clip, face)
+    with pytest.raises(BadInputError, match="SD1.5-family"):
+        apply_identity(tm.core_svd_patcher(), load_identity_adapter(path), clip, face)
+    with pytest.raises(BadInputError, match="made for another UNet"):
+        apply_identity(tm.core_sd15_patcher(width_mult=2), load_identity_adapter(path), clip, face)
+
+
 # ----------------------------------------------------------------------------- in the test host (core loaders, KSampler)
 
 
@@ -295,7 +362,8 @@ def _frames(host, res):
 
 
 def test_free_releases_everything_the_native_patches_hold(host):
-    """After a run of CheckpointLoaderSimple → Apply Causal Reference → Apply Pose Guidance → KSampler, POST /free
+    """After a run of CheckpointLoaderSimple → Apply Causal Reference → Apply Pose Guidance → Apply Identity (ArcFace
+    face tokens of the reference photo) → KSampler, POST /free
     (unload models, free memory) leaves nothing of the pack alive: the test-only probe node (tests/host_probe) holds weak
     references to the patched MODEL, both patch objects, the reference latent, the pose maps and every parameter of
     the pose controller the node loaded; ComfyUI's loaded-model list must not hold a model carrying the pack's patches."""
@@ -306,14 +374,19 @@ def test_free_releases_everything_the_native_patches_hold(host):
     api["12"] = {"class_type": "PerformerApplyPoseGuidance",
                  "inputs": {"model": ["4", 0], "pose_controller": "native_pose_controller_sd15.safetensors",
                             "skeleton": ["11", 0], "strength": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
-    api["13"] = {"class_type": "TestProbePerformerPatches", "inputs": {"model": ["12", 0]}}
+    api["14"] = {"class_type": "PerformerApplyIdentity",
+                 "inputs": {"model": ["12", 0], "identity_adapter": "native_identity_sd15.safetensors",
+                            "face_image": ["2", 0], "arcface": "tiny_arcface.onnx", "image_scale": 1.0,
+                            "face_scale": 1.0, "start_percent": 0.0, "end_percent": 1.0}}
+    api["13"] = {"class_type": "TestProbePerformerPatches", "inputs": {"model": ["14", 0]}}
     api["8"]["inputs"]["model"] = ["13", 0]
     api["10"]["inputs"]["filename_prefix"] = "performer/native_free"
     res = host.run(api, timeout=600)
     assert res["status"] == "execution_success", res["events"][-1]
     before = host.get("/performer_test/alive")
     assert {"patched MODEL", "CausalReferencePatch", "PoseGuidancePatch", "CausalReferencePatch.latent",
-            "PoseGuidancePatch.skeleton", "PoseGuidancePatch.controller"} <= set(before["alive"]), before
+            "PoseGuidancePatch.skeleton", "PoseGuidancePatch.controller", "IdentityPatch", "IdentityPatch.kv"} \
+        <= set(before["alive"]), before
     assert before["loaded_with_pack_patches"] >= 1, before  # the sampled clone is in ComfyUI's loaded-model list
     host.free()
     deadline, after = time.time() + 60, before

@@ -144,6 +144,27 @@ def core_svd_patcher(seed: int = 2):
 
 
 NATIVE_SD15_FILE = "checkpoints/native_sd15_320.safetensors"
+NATIVE_SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=1, channel_mult=(1,),
+                        use_spatial_transformer=True, transformer_depth=[1], transformer_depth_output=[1, 1],
+                        transformer_depth_middle=1, context_dim=768, num_heads=8, legacy=False,
+                        use_linear_in_transformer=False)
+NATIVE_ID_FILE = "performer/adapters/native_identity_sd15.safetensors"
+
+
+def native_identity_adapter(seed: int = 32):
+    """A face-token identity adapter (no CLIP-image tokens) for the native SD1.5 checkpoint's UNet layout, its layer
+    names read off core's UNet by the native patch's own layout map; K/V projections random small (it 'acts')."""
+    ensure_comfy_importable()
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    from performer_pkg.models.attention.identity import IdentityAdapter
+    from performer_pkg.nodes.native import cross_attention_keys
+
+    with torch.device("meta"):
+        unet = UNetModel(**NATIVE_SD15_UNET)
+    layers = {name: [768, 320] for name in cross_attention_keys(unet).values()}
+    torch.manual_seed(seed)
+    return IdentityAdapter(layers, cross_dim=768, clip_dim=0, face_dim=512, num_face_tokens=2)
 
 
 def native_sd15_checkpoint(path: str, seed: int = 31) -> str:
@@ -158,9 +179,7 @@ def native_sd15_checkpoint(path: str, seed: int = 31) -> str:
 
     if os.path.exists(path):
         return path
-    unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=1, channel_mult=(1,),
-                     use_spatial_transformer=True, transformer_depth=[1], transformer_depth_output=[1, 1],
-                     transformer_depth_middle=1, context_dim=768, num_heads=8, legacy=False, use_linear_in_transformer=False)
+    unet = UNetModel(**NATIVE_SD15_UNET)
     vae = AutoencoderKL(ddconfig=dict(_ddconfig(), ch=128, ch_mult=[1, 2, 4, 4]), embed_dim=4)
     clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
     sd = {}
@@ -323,6 +342,8 @@ def build_models_tree(root: str) -> Dict[str, str]:
     paths.update(dwpose_onnx_pair(root))
     native_sd15_checkpoint(os.path.join(root, NATIVE_SD15_FILE))
     paths["native_sd15_file"] = NATIVE_SD15_FILE
+    native_identity_adapter().save(os.path.join(root, NATIVE_ID_FILE))
+    paths["native_id_file"] = NATIVE_ID_FILE
     return paths
 
 

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import BadInputError
+from . import maths as AM
 from .reference import patched_processors
 
 
@@ -118,13 +119,6 @@ class DecoupledCrossAttnProcessor:
     def __init__(self, name: str, adapter: IdentityAdapter, scales: Dict[str, float]):
         self.name, self.adapter, self.scales = name, adapter, scales
 
-    @staticmethod
-    def _sdpa(attn, q, k, v):
-        h = attn.heads
-        b = q.shape[0]
-        q, k, v = (t.view(b, -1, h, t.shape[-1] // h).transpose(1, 2) for t in (q, k, v))
-        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, h * q.shape[-1]).to(q.dtype)
-
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         if encoder_hidden_states is None or hidden_states.ndim != 3:
             raise BadInputError(f"Decoupled cross-attention at {self.name} needs a context.")
@@ -140,14 +134,13 @@ class DecoupledCrossAttnProcessor:
         if attn.norm_cross:
             base = attn.norm_encoder_hidden_states(base)
         q = attn.to_q(hidden_states)
-        out = self._sdpa(attn, q, attn.to_k(base), attn.to_v(base))
-        key = _key(self.name)
-        if n_img and self.scales.get("image", 1.0):
-            kv = self.adapter.kv
-            out = out + self.scales.get("image", 1.0) * self._sdpa(attn, q, kv[key + "__k_img"](img), kv[key + "__v_img"](img))
-        if n_face and self.scales.get("face", 1.0):
-            kv = self.adapter.kv
-            out = out + self.scales.get("face", 1.0) * self._sdpa(attn, q, kv[key + "__k_face"](face), kv[key + "__v_face"](face))
+        key, kv = _key(self.name), self.adapter.kv
+        extra = []
+        if n_img:
+            extra.append((kv[key + "__k_img"](img), kv[key + "__v_img"](img), self.scales.get("image", 1.0)))
+        if n_face:
+            extra.append((kv[key + "__k_face"](face), kv[key + "__v_face"](face), self.scales.get("face", 1.0)))
+        out = AM.decoupled_cross_attention(q, attn.to_k(base), attn.to_v(base), attn.heads, extra)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual

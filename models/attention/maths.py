@@ -1,7 +1,7 @@
 """The attention maths of the pack's methods, once, as functions on projected q/k/v tensors ``(rows, tokens, channels)``.
 
-Both adapters call these: the diffusers attention processors (:mod:`.reference_attention`, the pack's pipe) and the
-native patches on ComfyUI's core ``MODEL`` (``nodes/native.py``, through ``patches_replace["attn1"]``).  Nothing here
+Both adapters call these: the diffusers attention processors (:mod:`.reference`, :mod:`.identity`, the pack's pipe)
+and the native patches on ComfyUI's core ``MODEL`` (``nodes/native.py``, through ``patches_replace["attn1"/"attn2"]``).  Nothing here
 knows about either library.
 
 * :func:`attention` — plain multi-head attention with an optional additive bias (PyTorch SDPA).
@@ -9,13 +9,15 @@ knows about either library.
   ``[K_ref, K_target]`` / ``[V_ref, V_target]`` (the reference K/V are one row, shared by every target row); the
   reference logits get ``log(strength)`` added, so strength 1 is SCD as published and strength 0 removes the
   reference exactly; rows that do not read it (the unconditional CFG half in "drop" mode) get plain self-attention.
+* :func:`decoupled_cross_attention` — IP-Adapter / VividPose identity: the layer's own cross-attention plus, per extra
+  token kind (CLIP-image tokens, ArcFace tokens), a scaled attention over that kind's own keys/values.
 * :func:`keyframe_kv` — key-frame attention (ControlVideo / PoseCrafter): every frame's keys/values become the key
   frame's.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +76,20 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads
     parts = ([plain(q[:a], k[:a], v[:a], heads)] if a else []) + [read] + \
         ([plain(q[b:], k[b:], v[b:], heads)] if b < rows else [])
     return torch.cat(parts, 0)
+
+
+def decoupled_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
+                              extra: Sequence[Tuple[torch.Tensor, torch.Tensor, float]],
+                              attend: Optional[Attend] = None) -> torch.Tensor:
+    """``Attn(q, k, v) + Σ sᵢ·Attn(q, kᵢ, vᵢ)`` over ``extra = [(kᵢ, vᵢ, sᵢ), …]`` (each (rows, tokens, c), already
+    projected by that kind's own K/V pair); a kind with scale 0 is skipped, so it costs nothing and changes nothing.
+    ``attend(q, k, v, heads)`` is the host's attention kernel (default: :func:`attention`)."""
+    attend = attend or (lambda q_, k_, v_, h_: attention(q_, k_, v_, h_))
+    out = attend(q, k, v, heads)
+    for k_i, v_i, s in extra:
+        if s:
+            out = out + s * attend(q, k_i.to(q.dtype), v_i.to(q.dtype), heads)
+    return out
 
 
 def keyframe_kv(k: torch.Tensor, v: torch.Tensor, frames: int, keyframe: int):

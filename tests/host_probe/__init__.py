@@ -10,7 +10,7 @@ import weakref
 from server import PromptServer
 
 _REFS = []  # (what, weakref)
-PACK_KEYS = ("performer_causal_reference", "performer_pose_guidance")
+PACK_KEYS = ("performer_causal_reference", "performer_pose_guidance", "performer_identity")
 
 
 def _patches(model):
@@ -45,6 +45,9 @@ class TestProbePerformerPatches:
             if getattr(p, "controller", None) is not None:
                 for name, param in p.controller.named_parameters():
                     _watch(f"controller.{name}", param)
+            for key, entries in (getattr(p, "kv", None) or {}).items():  # the identity patch's projected K/V
+                for e in entries:
+                    _watch(f"{type(p).__name__}.kv", e[0])
         return (model,)
 
 
