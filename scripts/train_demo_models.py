@@ -113,6 +113,9 @@ def main():
                     help="rescale the betas to zero terminal SNR and sample with trailing timesteps (Lin et al. 2024, "
                          "'Common diffusion noise schedules and sample steps are flawed'; needs v-prediction): at t = T "
                          "the noisy latent then leaks no colour, so the reference is the only place appearance can come from")
+    ap.add_argument("--export-only", action="store_true",
+                    help="write the models of the last checkpoint in --work (same arguments) without training further, "
+                         "e.g. to evaluate a run half-way; train_log.json records the step")
     a = ap.parse_args()
     import pack_alias
 
@@ -130,11 +133,14 @@ def main():
     torch.manual_seed(a.seed)
     g = torch.Generator().manual_seed(a.seed)
     t0 = time.time()
-    geos, maps, normals = pool(a.pool, a.seed)
-    M = torch.from_numpy(maps).float() / 255.0  # skeleton maps (N, F, H, W, 3)
-    S = torch.from_numpy(normals).float() / 255.0  # SMPL-X normal renders (each pooled body's own shape)
-    N = len(geos)
-    print(f"pool: {N} posed bodies in {time.time() - t0:.1f}s", flush=True)
+    if a.export_only:  # nothing is drawn from the pool
+        geos, M, S, N = None, None, None, a.pool
+    else:
+        geos, maps, normals = pool(a.pool, a.seed)
+        M = torch.from_numpy(maps).float() / 255.0  # skeleton maps (N, F, H, W, 3)
+        S = torch.from_numpy(normals).float() / 255.0  # SMPL-X normal renders (each pooled body's own shape)
+        N = len(geos)
+        print(f"pool: {N} posed bodies in {time.time() - t0:.1f}s", flush=True)
 
     os.makedirs(a.work, exist_ok=True)
     ckpt_path = os.path.join(a.work, "checkpoint.pt")
@@ -191,6 +197,8 @@ def main():
         if (i + 1) % a.ckpt_every == 0:
             save_ckpt()
 
+    if a.export_only and state["stage"] != "unet":
+        ap.error(f"--export-only: {ckpt_path} has no finished VAE stage to export")
     if state["stage"] == "vae":
         for i in range(state["step"], a.vae_steps):
             x = torch.cat([paint(geos[_draw_int(g, N)], training_seed(g), training_seed(g), [_draw_int(g, FRAMES)]) for _ in range(16)])
@@ -224,7 +232,7 @@ def main():
             return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
 
     unet.train()
-    for i in range(state["step"], a.steps):
+    for i in range(state["step"], state["step"] if a.export_only else a.steps):
         n = _draw_int(g, N)
         s0 = _draw_int(g, FRAMES - CLIP + 1)
         ids, bgs = training_seed(g), training_seed(g)
@@ -285,7 +293,7 @@ def main():
     assert not missing, missing[:3]
     ad_out.save_pretrained(os.path.join(out, "motion_adapter"))
     pc.save(os.path.join(out, "pose_controller.safetensors"))
-    log = {"seed": a.seed, "heads": a.heads, "prediction": a.prediction, "zero_snr": a.zero_snr, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
+    log = {"steps_done": state["step"], "seed": a.seed, "heads": a.heads, "prediction": a.prediction, "zero_snr": a.zero_snr, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
            "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],
            "seconds_this_run": round(time.time() - t0, 1),
            "train_data": f"training range only (identity and sequence seeds < {EVAL_BASE}): {N} posed bodies (all motions), "
