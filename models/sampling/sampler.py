@@ -458,6 +458,11 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
             raise BadInputError(f"Key frame {s.keyframe} is outside the {s.frames} frames.")
     total = len(timesteps) * len(windows)
     done = 0
+    # stochastic schedulers (euler_a, DDIM with η > 0, SDE solvers) draw their step noise from this run's own
+    # generator, never from the global RNG other nodes reseed: the same seed gives the same video
+    import inspect
+
+    step_kw = {"generator": g} if "generator" in inspect.signature(sched.step).parameters else {}
     with _attention_patches(bb, s, reference, use_reference_attention, ref_state) as (st, use_ref):
         if use_ref:
             write_reference(st, lambda: run.reference_pass(sched))
@@ -477,7 +482,7 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
                     done += 1
                     if callback:
                         callback(done, total)
-            latents = sched.step(pred, t, latents).prev_sample.to(bb.dtype)
+            latents = sched.step(pred, t, latents, **step_kw).prev_sample.to(bb.dtype)
             _check_finite(latents, "The sampled latent")
     return latents
 
