@@ -135,15 +135,21 @@ class CausalReferencePatch:
         import comfy.model_base
 
         x_ref = lat if isinstance(base, comfy.model_base.SVD_img2vid) else lat * (sigma ** 2 + 1) ** 0.5
-        one = lambda v: v[row:row + 1] if torch.is_tensor(v) and v.shape[:1] == x.shape[:1] else v  # noqa: E731
+        # AnimateDiff-Evolved's motion modules reshape the rows into clips of its current window length: there the
+        # reference passes as a still clip of that length and every layer keeps frame 0's K/V (one row, as always)
+        reps = n if "ad_params" in topts else 1
+        one = lambda v: (v[row:row + 1].repeat(reps, *[1] * (v.ndim - 1))  # noqa: E731
+                         if torch.is_tensor(v) and v.shape[:1] == x.shape[:1] else v)
         kw = {k: one(v) for k, v in kwargs.items()}
         if "num_video_frames" in kw:
             kw["num_video_frames"] = 1
         topts = {**topts, "cond_or_uncond": [0], REFERENCE_PASS: True}
+        x_ref = x_ref.repeat(reps, 1, 1, 1)
         run.mode = "write"
         try:
             with torch.no_grad():
-                executor(x_ref.to(x.dtype), sigma.expand(1).to(x.dtype), one(c_concat), one(c_crossattn), None, topts, **kw)
+                executor(x_ref.to(x.dtype), sigma.expand(reps).to(x.dtype), one(c_concat), one(c_crossattn), None, topts,
+                         **kw)
         finally:
             run.mode = "off"
         run.written = True
@@ -164,7 +170,7 @@ class CausalReferencePatch:
             return plain(q, k, v, heads)
         key = (*extra_options["block"], extra_options.get("block_index", 0))
         if run.mode == "write":
-            run.cache[key] = (k.detach(), v.detach())
+            run.cache[key] = (k[:1].detach(), v[:1].detach())  # one row (frame 0 of ADE's still clip)
             return plain(q, k, v, heads)
         if not run.active or key not in run.cache:
             return plain(q, k, v, heads)

@@ -51,6 +51,16 @@ NOTES = {
         "Models: any SD1.5 checkpoint in models/checkpoints (e.g. v1-5-pruned-emaonly.safetensors); the test file "
         "named here is a random-weight stand-in.\n\n"
         "Change: the reference photo (scaled to the video size), strength, the frame count (batch), prompts, steps."),
+    "performer_native_ade_reference": (
+        "Native + AnimateDiff-Evolved: your SD1.5 checkpoint with a LoRA, an AnimateDiff motion model injected by "
+        "AnimateDiff-Evolved with its sliding context windows (12 frames in windows of 8), causal reference attention "
+        "(SCD) and the pack's pose guidance, sampled by core's KSampler. The reference passes once per run, not per "
+        "window; each window gets the poses of its own frames.\n\n"
+        "Needs ComfyUI-AnimateDiff-Evolved. Models: an SD1.5 checkpoint in models/checkpoints, a LoRA in models/loras, "
+        "mm_sd_v15_v2 in models/animatediff_models, a pose controller in models/performer/adapters (the files named "
+        "here are random-weight test stand-ins). Core's ControlNet nodes do not support ADE's sliding windows (ADE "
+        "refuses them; Advanced-ControlNet's do), so pose control here is Apply Pose Guidance.\n\n"
+        "Change: the reference photo, the skeleton frames, the batch size (frames), context length/overlap, steps."),
     "performer_text2video_smoke": (
         "The smallest check that a pipe loads and samples: text → AnimateDiff video, no reference.\n\n" + MODELS_SD15),
 }

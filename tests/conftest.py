@@ -30,6 +30,10 @@ def models_tree(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("models"))
     paths = tiny_models.build_models_tree(root)
     tiny_models.add_demo_models(root)  # the demo workflow's small trained model
+    from host import ADE_DIR
+
+    if os.path.isdir(ADE_DIR):  # the AnimateDiff-Evolved workflow's real-size random files (≈ 3.8 GB, ≈ 40 s)
+        paths.update({f"ade_{k}": os.path.relpath(v, root) for k, v in tiny_models.ade_models(root).items()})
     return root, {k: os.path.join(root, v) for k, v in paths.items()}
 
 
@@ -38,7 +42,10 @@ def host(models_tree, tmp_path_factory):
     from host import ComfyHost
 
     work = str(tmp_path_factory.mktemp("host"))
-    h = ComfyHost(work, models_tree[0]).start()
+    from host import ADE_DIR
+
+    # AnimateDiff-Evolved (../shared/thirdparty) is mounted beside the pack when present, as users combine them
+    h = ComfyHost(work, models_tree[0], extra_nodes=(ADE_DIR,) if os.path.isdir(ADE_DIR) else ()).start()
     import example_inputs
 
     example_inputs.write_inputs(os.path.join(work, "input"))

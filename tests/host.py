@@ -41,8 +41,12 @@ MODEL_KINDS = {
     "checkpoints": "checkpoints", "diffusers": "diffusers", "controlnet": "controlnet", "vae": "vae",
     "clip_vision": "clip_vision", "animatediff_models": "animatediff_models",
     "performer_pose": "performer/pose", "performer_body": "performer/body", "performer_adapters": "performer/adapters",
-    "performer_personalised": "performer/personalised", "performer_face": "performer/face",
+    "performer_personalised": "performer/personalised", "performer_face": "performer/face", "loras": "loras",
 }
+# Unmodified third-party packs for interop tests (../shared/thirdparty beside the repository; absent on users' machines)
+THIRDPARTY = os.path.abspath(os.path.join(REPO, "..", "shared", "thirdparty"))
+ADE_DIR = os.path.join(THIRDPARTY, "ComfyUI-AnimateDiff-Evolved")
+ADE_MISSING = f"AnimateDiff-Evolved is not at {ADE_DIR} (../shared/thirdparty is only beside the repository in CI)"
 
 
 def free_port() -> int:
@@ -52,7 +56,8 @@ def free_port() -> int:
 
 
 class ComfyHost:
-    def __init__(self, workdir: str, models_root: str, netguard_log: Optional[str] = None):
+    def __init__(self, workdir: str, models_root: str, netguard_log: Optional[str] = None, extra_nodes: tuple = ()):
+        self.extra_nodes = tuple(extra_nodes)  # other custom node packs to mount beside the pack (folders)
         self.workdir = os.path.abspath(workdir)
         self.models_root = os.path.abspath(models_root)
         self.port = free_port()
@@ -72,6 +77,10 @@ class ComfyHost:
         probe = os.path.join(nodes_dir, "performer_test_probe")  # test-only nodes (tests/host_probe), never shipped
         if not os.path.islink(probe):
             os.symlink(os.path.join(HERE, "host_probe"), probe)
+        for pack in self.extra_nodes:
+            dst = os.path.join(nodes_dir, os.path.basename(pack.rstrip("/")))
+            if not os.path.islink(dst):
+                os.symlink(pack, dst)
         lines = ["performer_test:", f"  base_path: {self.models_root}"]
         lines += [f"  {k}: {v}" for k, v in MODEL_KINDS.items()]
         lines.append(f"  custom_nodes: {nodes_dir}")

@@ -365,10 +365,8 @@ def test_free_releases_everything_the_native_patches_hold(host):
     """After a run of CheckpointLoaderSimple → Apply Causal Reference → Apply Pose Guidance → Apply Identity (ArcFace
     face tokens of the reference photo) → KSampler, POST /free
     (unload models, free memory) leaves nothing of the pack alive: the test-only probe node (tests/host_probe) holds weak
-    references to the patched MODEL, both patch objects, the reference latent, the pose maps and every parameter of
+    references to the patched MODEL, the patch objects, the reference latent, the pose maps and every parameter of
     the pose controller the node loaded; ComfyUI's loaded-model list must not hold a model carrying the pack's patches."""
-    import time
-
     api = _native_api()
     api["11"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["3", 0], "amount": 4}}
     api["12"] = {"class_type": "PerformerApplyPoseGuidance",
@@ -388,12 +386,54 @@ def test_free_releases_everything_the_native_patches_hold(host):
             "PoseGuidancePatch.skeleton", "PoseGuidancePatch.controller", "IdentityPatch", "IdentityPatch.kv"} \
         <= set(before["alive"]), before
     assert before["loaded_with_pack_patches"] >= 1, before  # the sampled clone is in ComfyUI's loaded-model list
-    host.free()
-    deadline, after = time.time() + 60, before
-    while time.time() < deadline and (after["alive"] or after["loaded_with_pack_patches"]):
-        time.sleep(1)  # /free is carried out by the prompt worker between prompts
-        after = host.get("/performer_test/alive")
+    after = _free_and_wait(host)
     assert after["alive"] == [] and after["loaded_with_pack_patches"] == 0, after
+
+
+def _free_and_wait(host, timeout=60):
+    """POST /free, then wait until the probe sees nothing of the pack alive (/free runs between prompts)."""
+    import time
+
+    host.free()
+    deadline, now = time.time() + timeout, host.get("/performer_test/alive")
+    while time.time() < deadline and (now["alive"] or now["loaded_with_pack_patches"]):
+        time.sleep(1)
+        now = host.get("/performer_test/alive")
+    return now
+
+
+def test_ade_context_windows_lora_reference_once_and_poses_per_window(host):
+    """The bundled AnimateDiff-Evolved workflow (real-size random SD1.5 + LoRA + AnimateDiff v2 motion model, ADE's
+    standard static context windows: 12 frames in windows of 8 overlapping by 4, core KSampler, 2 steps): one reference
+    pass for the whole run, the 16 spatial self-attention layers read it in every window of every step, each window
+    gets the pose features of its own frames, and the LoRA is really applied (strength 0 gives other frames)."""
+    import copy
+
+    import numpy as np
+
+    from host import ADE_DIR, ADE_MISSING
+
+    if not os.path.isdir(ADE_DIR):
+        pytest.skip(ADE_MISSING)
+    with open(os.path.join(tm.REPO, "tests", "workflows", "performer_native_ade_reference.api.json")) as fh:
+        api = json.load(fh)
+    _free_and_wait(host)
+    api["18"] = {"class_type": "TestProbePerformerPatches", "inputs": {"model": ["10", 0]}}
+    api["15"]["inputs"]["model"] = ["18", 0]
+    res = host.run(api, timeout=900)
+    assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
+    frames = _frames(host, res)
+    assert len(frames) == 12
+    counts = host.get("/performer_test/alive")["counts"]
+    windows, steps = 2, 2
+    assert counts["CausalReferencePatch"] == {"runs": 1, "writes": 1, "reads": 16 * windows * steps}, counts
+    assert counts["PoseGuidancePatch"]["last_calls"] == [list(range(0, 8)), list(range(4, 12))] * steps, counts
+    no_lora = copy.deepcopy(api)
+    no_lora["2"]["inputs"]["strength_model"] = 0.0
+    no_lora["17"]["inputs"]["filename_prefix"] = "performer/native_ade_no_lora"
+    res2 = host.run(no_lora, timeout=900)
+    assert res2["status"] == "execution_success", json.dumps(res2["events"][-1])[:2000]
+    assert any(not np.array_equal(a, b) for a, b in zip(_frames(host, res2), frames))
 
 
 def test_original_model_unchanged_in_the_host_also_after_error_and_interrupt(host):

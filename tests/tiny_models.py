@@ -190,6 +190,87 @@ def native_sd15_checkpoint(path: str, seed: int = 31) -> str:
     return _save(sd, path)
 
 
+# ----------------------------------------------------------------------------- real-size files (AnimateDiff-Evolved interop)
+# ADE builds its motion model with SD1.5's channels written into its code and injects one module per SD1.5 block
+# (research/native.md), so its interop test needs the real SD1.5 architecture. Random weights, fp16, drawn tensor by
+# tensor from shapes read off the real classes built on the meta device (no full fp32 copy in memory).
+ADE_SD15_FILE = "checkpoints/ade_sd15_full.safetensors"
+ADE_MM_FILE = "animatediff_models/ade_mm_sd_v15_v2_full.safetensors"
+ADE_CN_FILE = "controlnet/ade_control_sd15_openpose_full.safetensors"
+ADE_LORA_FILE = "loras/ade_sd15_lora.safetensors"
+FULL_SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channels=320, num_res_blocks=2,
+                      channel_mult=(1, 2, 4, 4), use_spatial_transformer=True, transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                      transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], transformer_depth_middle=1,
+                      context_dim=768, num_heads=8, legacy=False, use_linear_in_transformer=False)
+
+
+def _random_state(module_on_meta: torch.nn.Module, seed: int) -> Dict[str, torch.Tensor]:
+    """fp16 random tensors for a module's state dict: norms ≈ 1, biases small, weights N(0, 1/fan_in) so activations
+    stay O(1) through a real-depth network; position tables and other buffers kept as the class makes them."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, t in module_on_meta.state_dict().items():
+        if t.device.type != "meta":
+            out[name] = t.clone().half()
+        elif name.endswith("weight") and ("norm" in name or t.ndim == 1):
+            out[name] = (1 + 0.05 * torch.randn(t.shape, generator=g)).half()
+        elif t.ndim == 1:
+            out[name] = (0.02 * torch.randn(t.shape, generator=g)).half()
+        else:
+            fan_in = max(1, t[0].numel())
+            out[name] = (torch.randn(t.shape, generator=g) / fan_in ** 0.5).half()
+    return out
+
+
+def ade_models(root: str, seed: int = 41) -> Dict[str, str]:
+    """A real-size SD1.5 checkpoint CheckpointLoaderSimple recognises (UNet + SD VAE + CLIP-L), an AnimateDiff v2
+    motion module in its original layout, an SD1.5 openpose-shaped ControlNet and a small LoRA, all random; ≈ 3.8 GB.
+    Built once per models root (skipped when the files exist)."""
+    ensure_comfy_importable()
+    import comfy.sd1_clip
+    from comfy.cldm.cldm import ControlNet
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from diffusers import MotionAdapter
+
+    P = {k: os.path.join(root, v) for k, v in (("sd15", ADE_SD15_FILE), ("mm", ADE_MM_FILE), ("cn", ADE_CN_FILE),
+                                                ("lora", ADE_LORA_FILE))}
+    if not os.path.exists(P["sd15"]):
+        with torch.device("meta"):
+            unet = UNetModel(**FULL_SD15_UNET)
+        sd = {"model.diffusion_model." + k: v for k, v in _random_state(unet, seed).items()}
+        del unet
+        vae = AutoencoderKL(ddconfig=dict(_ddconfig(), ch=128, ch_mult=[1, 2, 4, 4]), embed_dim=4)
+        clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+        for prefix, module, keep in (("first_stage_model.", vae, ""), ("cond_stage_model.", clip, "transformer.text_model.")):
+            _randomise(module, seed)
+            sd.update({prefix + k: v.half() for k, v in module.state_dict().items() if k.startswith(keep)})
+        _save(sd, P["sd15"])
+        del sd
+    if not os.path.exists(P["mm"]):
+        with torch.device("meta"):
+            ad = MotionAdapter(block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2,
+                               motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=32,
+                               use_motion_mid_block=True)
+        _save(_original_motion_layout(_random_state(ad, seed + 1), 32), P["mm"])
+    if not os.path.exists(P["cn"]):
+        with torch.device("meta"):
+            cn = ControlNet(hint_channels=3, **{k: v for k, v in FULL_SD15_UNET.items()
+                                                if k not in ("out_channels", "transformer_depth_output")})
+        _save({"control_model." + k: v for k, v in _random_state(cn, seed + 2).items()}, P["cn"])
+    if not os.path.exists(P["lora"]):  # kohya-style names core maps onto the ldm UNet; rank 4 on a few attentions
+        g = torch.Generator().manual_seed(seed + 3)
+        lora = {}
+        for blk, c in (("down_blocks_0_attentions_0", 320), ("mid_block_attentions_0", 1280), ("up_blocks_3_attentions_2", 320)):
+            for proj in ("to_q", "to_k", "to_v"):
+                key = f"lora_unet_{blk}_transformer_blocks_0_attn1_{proj}"
+                lora[key + ".lora_down.weight"] = (0.1 * torch.randn(4, c, generator=g)).half()
+                lora[key + ".lora_up.weight"] = (0.1 * torch.randn(c, 4, generator=g)).half()
+                lora[key + ".alpha"] = torch.tensor(4.0).half()
+        _save(lora, P["lora"])
+    return P
+
+
 def _ddconfig():
     return dict(double_z=True, z_channels=VAE["z_channels"], resolution=256, in_channels=3, out_ch=3, ch=VAE["ch"],
                 ch_mult=VAE["ch_mult"], num_res_blocks=VAE["num_res_blocks"], attn_resolutions=[], dropout=0.0)
@@ -274,31 +355,35 @@ def svd_single_file_state() -> Dict[str, torch.Tensor]:
 
 def motion_module_original_state(seed=8) -> Dict[str, torch.Tensor]:
     """A diffusers MotionAdapter written in AnimateDiff's original (mm_sd_v15_v2) key names."""
-    import re
-
     from diffusers import MotionAdapter
 
     ad = _randomise(MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=8,
                                   motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True), seed)
+    return _original_motion_layout(ad.state_dict(), 32)
+
+
+def _original_motion_layout(state: Dict[str, torch.Tensor], max_len: int) -> Dict[str, torch.Tensor]:
+    """A diffusers MotionAdapter state dict renamed to AnimateDiff's original (mm_sd_v15_v2) keys, with the sinusoidal
+    position tables the original files carry."""
+    import re
+
     out = {}
-    for k, v in ad.state_dict().items():
+    for k, v in state.items():
+        if ".pos_embed." in k:  # diffusers' own copy of the tables; original files carry pos_encoder.pe (added below)
+            continue
         k = re.sub(r"(motion_modules\.\d+)\.", r"\1.temporal_transformer.", k)
         k = (k.replace(".norm1.", ".norms.0.").replace(".norm2.", ".norms.1.").replace(".norm3.", ".ff_norm.")
               .replace(".attn1.", ".attention_blocks.0.").replace(".attn2.", ".attention_blocks.1."))
         out[k] = v
-    # Original files also carry the sinusoidal position tables.
     for k in list(out):
         if k.endswith("attention_blocks.0.to_q.weight") or k.endswith("attention_blocks.1.to_q.weight"):
             c = out[k].shape[0]
-            pos = torch.arange(32).unsqueeze(1)
+            pos = torch.arange(max_len).unsqueeze(1)
             div = torch.exp(torch.arange(0, c, 2) * (-torch.log(torch.tensor(10000.0)) / c))
-            pe = torch.zeros(1, 32, c)
+            pe = torch.zeros(1, max_len, c)
             pe[0, :, 0::2], pe[0, :, 1::2] = torch.sin(pos * div), torch.cos(pos * div)
-            out[k.replace("to_q.weight", "pos_encoder.pe")] = pe
+            out[k.replace("to_q.weight", "pos_encoder.pe")] = pe.to(out[k].dtype)
     return out
-
-
-# ----------------------------------------------------------------------------- the models tree
 
 
 def build_models_tree(root: str) -> Dict[str, str]:

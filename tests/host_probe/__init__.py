@@ -63,7 +63,12 @@ async def alive(request):
         m = lm.model
         if m is not None and _patches(m):
             loaded += 1
-    return web.json_response({"watched": len(_REFS), "alive": live, "loaded_with_pack_patches": loaded})
+    counts = {}
+    for what, ref in _REFS:
+        p = ref()
+        if p is not None and hasattr(p, "runs"):
+            counts[what] = {k: getattr(p, k) for k in ("runs", "writes", "reads", "last_calls") if hasattr(p, k)}
+    return web.json_response({"watched": len(_REFS), "alive": live, "loaded_with_pack_patches": loaded, "counts": counts})
 
 
 NODE_CLASS_MAPPINGS = {"TestProbePerformerPatches": TestProbePerformerPatches}
