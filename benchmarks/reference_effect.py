@@ -22,6 +22,8 @@ def main():
     ap.add_argument("--motion", default="dance")
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--cfg", type=float, default=1.0, help="guidance on the reference: the unconditional row does not "
+                                                            "read it (reference_uncond drop) when > 1")
     a = ap.parse_args()
     setup(models=False)
     import numpy as np
@@ -40,7 +42,8 @@ def main():
     g = generate(PerformerSpec(seed=a.seed, character=a.character, motion=a.motion, frames=a.frames, size=64))
     o = generate(PerformerSpec(seed=a.seed, character=a.other, motion=a.motion, frames=a.frames, size=64))
     sk = torch.from_numpy(draw(g["pose"], 64, 64, stick_width=1)).float() / 255
-    s = VideoSettings(frames=a.frames, width=64, height=64, steps=a.steps, cfg=1.0, seed=0, window=16, stride=8)
+    s = VideoSettings(frames=a.frames, width=64, height=64, steps=a.steps, cfg=a.cfg, seed=0, window=16, stride=8,
+                      reference_uncond="drop")
     videos, scores = {}, {}
     for name, img, use in (("plain", g["rgb"][:1], False), ("own reference", g["rgb"][:1], True),
                            ("other identity as reference", o["rgb"][:1], True)):

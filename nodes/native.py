@@ -519,6 +519,18 @@ def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, f
     return m, patch
 
 
+def _model_io():
+    return (io.Model.Input("model", tooltip="The model to patch (a copy is returned)."),
+            io.Model.Output(display_name="model", tooltip="The patched copy of the model."))
+
+
+def _range_inputs(verb: str) -> list:
+    """The start/end percent pair every native patch takes."""
+    return [io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                           tooltip=f"{verb} from this point of the schedule …"),
+            io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="… until this point.")]
+
+
 class PerformerApplyCausalReference(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -529,7 +541,7 @@ class PerformerApplyCausalReference(io.ComfyNode):
                         "self-attention layer caches its keys/values, and the video's queries attend to [reference, "
                         "video]; the reference never sees the video. Returns a patched copy; the input MODEL is "
                         "unchanged. Works with core's samplers and core's context windows (one reference pass per run).",
-            inputs=[io.Model.Input("model", tooltip="The model to patch (a copy is returned)."),
+            inputs=[_model_io()[0],
                     io.Vae.Input("vae", tooltip="The VAE of that model, to encode the reference."),
                     io.Image.Input("reference", tooltip="The reference photo, the video's size (first image is used)."),
                     io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
@@ -538,11 +550,8 @@ class PerformerApplyCausalReference(io.ComfyNode):
                     io.Combo.Input("uncond", options=["auto", "drop", "keep"], default="auto",
                                    tooltip="Whether the unconditional (negative) CFG half reads the reference: drop "
                                            "(SD1.5 default: CFG also pushes toward the reference look) or keep (SVD default)."),
-                    io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                                   tooltip="Read the reference from this point of the schedule …"),
-                    io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                                   tooltip="… until this point.")],
-            outputs=[io.Model.Output(display_name="model", tooltip="The patched copy of the model.")],
+                    *_range_inputs("Read the reference")],
+            outputs=[_model_io()[1]],
         )
 
     @classmethod
@@ -569,7 +578,7 @@ class PerformerApplyPoseGuidance(io.ComfyNode):
                         "encodes each frame's skeleton map and/or SMPL-X render (the reference person's shape) and adds "
                         "the features to the noisy latent of that frame, also inside core's and AnimateDiff-Evolved's "
                         "context windows. Returns a patched copy; the input MODEL is unchanged.",
-            inputs=[io.Model.Input("model", tooltip="The model to patch (a copy is returned)."),
+            inputs=[_model_io()[0],
                     io.Combo.Input("pose_controller", options=weight_choices("performer_adapters", with_dirs=False),
                                    tooltip="A pose controller .safetensors in models/performer/adapters."),
                     io.Image.Input("skeleton", optional=True,
@@ -581,10 +590,8 @@ class PerformerApplyPoseGuidance(io.ComfyNode):
                                            "pass (used with Apply Causal Reference)."),
                     io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
                                    tooltip="Scale of the pose features: 1 = as trained, 0 = off (exactly the unpatched model)."),
-                    io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                                   tooltip="Guide from this point of the schedule …"),
-                    io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="… until this point.")],
-            outputs=[io.Model.Output(display_name="model", tooltip="The patched copy of the model.")],
+                    *_range_inputs("Guide")],
+            outputs=[_model_io()[1]],
         )
 
     @classmethod
@@ -609,7 +616,7 @@ class PerformerApplyIdentity(io.ComfyNode):
                         "adds, in every cross-attention layer, attention over the reference's CLIP-image tokens (from "
                         "CLIP Vision Encode) and ArcFace face tokens, through the identity adapter's own key/value "
                         "projections. Returns a patched copy; the input MODEL is unchanged.",
-            inputs=[io.Model.Input("model", tooltip="The model to patch (a copy is returned)."),
+            inputs=[_model_io()[0],
                     io.Combo.Input("identity_adapter", options=weight_choices("performer_adapters", with_dirs=False),
                                    tooltip="An identity adapter .safetensors in models/performer/adapters."),
                     io.ClipVisionOutput.Input("clip_vision_output", optional=True,
@@ -622,10 +629,8 @@ class PerformerApplyIdentity(io.ComfyNode):
                                    tooltip="Weight of the CLIP-image tokens (0 = off)."),
                     io.Float.Input("face_scale", default=1.0, min=0.0, max=4.0, step=0.05,
                                    tooltip="Weight of the face tokens (0 = off)."),
-                    io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
-                                   tooltip="Apply from this point of the schedule …"),
-                    io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, tooltip="… until this point.")],
-            outputs=[io.Model.Output(display_name="model", tooltip="The patched copy of the model.")],
+                    *_range_inputs("Apply")],
+            outputs=[_model_io()[1]],
         )
 
     @classmethod

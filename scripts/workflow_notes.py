@@ -61,6 +61,13 @@ NOTES = {
         "here are random-weight test stand-ins). Core's ControlNet nodes do not support ADE's sliding windows (ADE "
         "refuses them; Advanced-ControlNet's do), so pose control here is Apply Pose Guidance.\n\n"
         "Change: the reference photo, the skeleton frames, the batch size (frames), context length/overlap, steps."),
+    "performer_native_svd_reference_pose": (
+        "Native SVD: your SVD checkpoint through core's loader and conditioning, causal reference attention (SCD) and "
+        "the pack's pose guidance on the MODEL, core's KSampler with linear CFG. The reference passes once per run; "
+        "both CFG halves read it (SVD's default); each frame gets its own pose features.\n\n"
+        "Models: an SVD checkpoint (svd_xt.safetensors) in models/checkpoints, a pose controller in "
+        "models/performer/adapters (the files named here are random-weight test stand-ins).\n\n"
+        "Change: the reference photo (scaled to the video size), the skeleton frames, video_frames, steps."),
     "performer_text2video_smoke": (
         "The smallest check that a pipe loads and samples: text → AnimateDiff video, no reference.\n\n" + MODELS_SD15),
 }

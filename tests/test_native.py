@@ -402,6 +402,31 @@ def _free_and_wait(host, timeout=60):
     return now
 
 
+def _run_probed(host, name, after, into):
+    """Run a bundled workflow's API twin with the probe node between node ``after`` and the node ``into`` that takes
+    its MODEL, on a freed host (so only this run's patches are alive); returns (api, result, probe counts)."""
+    with open(os.path.join(tm.REPO, "tests", "workflows", f"{name}.api.json")) as fh:
+        api = json.load(fh)
+    _free_and_wait(host)
+    api["99"] = {"class_type": "TestProbePerformerPatches", "inputs": {"model": [after, 0]}}
+    api[into]["inputs"]["model"] = ["99", 0]
+    res = host.run(api, timeout=900)
+    assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
+    return api, res, host.get("/performer_test/alive")["counts"]
+
+
+def test_svd_native_workflow_one_reference_pass_and_poses_per_frame(host):
+    """The bundled native SVD workflow (ImageOnlyCheckpointLoader on a real-size random SVD file with ViT-H CLIP
+    vision, SVD_img2vid_Conditioning, Apply Causal Reference, Apply Pose Guidance, VideoLinearCFGGuidance, KSampler):
+    one reference pass for the run, reads at every step, every call gets the features of frames 0–3."""
+    api, res, counts = _run_probed(host, "performer_native_svd_reference_pose", after="8", into="9")
+    assert len(_frames(host, res)) == 4
+    steps = api["10"]["inputs"]["steps"]
+    cr = counts["CausalReferencePatch"]
+    assert cr["runs"] == 1 and cr["writes"] == 1 and cr["reads"] > 0 and cr["reads"] % steps == 0, counts
+    assert counts["PoseGuidancePatch"]["last_calls"] == [[0, 1, 2, 3]] * steps, counts
+
+
 def test_ade_context_windows_lora_reference_once_and_poses_per_window(host):
     """The bundled AnimateDiff-Evolved workflow (real-size random SD1.5 + LoRA + AnimateDiff v2 motion model, ADE's
     standard static context windows: 12 frames in windows of 8 overlapping by 4, core KSampler, 2 steps): one reference
@@ -415,16 +440,9 @@ def test_ade_context_windows_lora_reference_once_and_poses_per_window(host):
 
     if not os.path.isdir(ADE_DIR):
         pytest.skip(ADE_MISSING)
-    with open(os.path.join(tm.REPO, "tests", "workflows", "performer_native_ade_reference.api.json")) as fh:
-        api = json.load(fh)
-    _free_and_wait(host)
-    api["18"] = {"class_type": "TestProbePerformerPatches", "inputs": {"model": ["10", 0]}}
-    api["15"]["inputs"]["model"] = ["18", 0]
-    res = host.run(api, timeout=900)
-    assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
+    api, res, counts = _run_probed(host, "performer_native_ade_reference", after="10", into="15")
     frames = _frames(host, res)
     assert len(frames) == 12
-    counts = host.get("/performer_test/alive")["counts"]
     windows, steps = 2, 2
     assert counts["CausalReferencePatch"] == {"runs": 1, "writes": 1, "reads": 16 * windows * steps}, counts
     assert counts["PoseGuidancePatch"]["last_calls"] == [list(range(0, 8)), list(range(4, 12))] * steps, counts

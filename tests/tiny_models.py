@@ -205,13 +205,16 @@ FULL_SD15_UNET = dict(image_size=32, in_channels=4, out_channels=4, model_channe
 
 
 def _random_state(module_on_meta: torch.nn.Module, seed: int) -> Dict[str, torch.Tensor]:
-    """fp16 random tensors for a module's state dict: norms ≈ 1, biases small, weights N(0, 1/fan_in) so activations
-    stay O(1) through a real-depth network; position tables and other buffers kept as the class makes them."""
+    """fp16 random tensors for a module's state dict (built on the meta device, or allocated and not initialised):
+    norms ≈ 1, biases small, weights N(0, 1/fan_in) so activations stay O(1) through a real-depth network; integer
+    buffers kept (zeros on the meta device)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, t in module_on_meta.state_dict().items():
-        if t.device.type != "meta":
-            out[name] = t.clone().half()
+        if not t.is_floating_point():
+            out[name] = torch.zeros(t.shape, dtype=t.dtype) if t.device.type == "meta" else t.clone()
+        elif name.endswith("mix_factor"):
+            out[name] = torch.randn(t.shape, generator=g).half()
         elif name.endswith("weight") and ("norm" in name or t.ndim == 1):
             out[name] = (1 + 0.05 * torch.randn(t.shape, generator=g)).half()
         elif t.ndim == 1:
@@ -271,6 +274,36 @@ def ade_models(root: str, seed: int = 41) -> Dict[str, str]:
     return P
 
 
+NATIVE_SVD_FILE = "checkpoints/native_svd_full.safetensors"
+
+
+def native_svd_checkpoint(path: str, seed: int = 51) -> str:
+    """An SVD single file ImageOnlyCheckpointLoader recognises, random weights, fp16, ≈ 4.3 GB: core's detection needs
+    the full SVD UNet layout and a ViT-H CLIP vision (research/native.md), so both are real size; the video VAE too
+    (core fixes its architecture). The CLIP vision goes in under SVD's prefix in the naming core converts to."""
+    if os.path.exists(path):
+        return path
+    ensure_comfy_importable()
+    import comfy.clip_vision
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    args = dict(svd_unet_args(adm_in_channels=768), model_channels=320, channel_mult=(1, 2, 4, 4), num_res_blocks=2,
+                transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+                context_dim=1024)
+    with torch.device("meta"):
+        unet = UNetModel(**args)
+    sd = {"model.diffusion_model." + k: v for k, v in _random_state(unet, seed).items()}
+    del unet
+    cv_cfg = os.path.join(os.path.dirname(comfy.clip_vision.__file__), "clip_vision_config_h.json")
+    cv = comfy.clip_vision.ClipVisionModel(cv_cfg)  # comfy ops: allocated, not initialised
+    sd.update({"conditioner.embedders.0.open_clip.model.visual." + k: v
+               for k, v in _random_state(cv.model, seed + 1).items()})
+    del cv
+    vae = comfy_svd_vae(seed + 2, full=True)
+    sd.update({"first_stage_model." + k: v.half() for k, v in vae.state_dict().items()})
+    return _save(sd, path)
+
+
 def _ddconfig():
     return dict(double_z=True, z_channels=VAE["z_channels"], resolution=256, in_channels=3, out_ch=3, ch=VAE["ch"],
                 ch_mult=VAE["ch_mult"], num_res_blocks=VAE["num_res_blocks"], attn_resolutions=[], dropout=0.0)
@@ -283,14 +316,15 @@ def comfy_sd15_vae(seed=3):
     return _randomise(AutoencoderKL(ddconfig=_ddconfig(), embed_dim=VAE["z_channels"]), seed)
 
 
-def comfy_svd_vae(seed=4):
+def comfy_svd_vae(seed=4, full=False):
     ensure_comfy_importable()
     from comfy.ldm.models.autoencoder import AutoencodingEngine
 
-    dec = dict(_ddconfig(), video_kernel_size=[3, 1, 1], alpha=0.0, merge_strategy="learned", time_mode="conv-only")
+    enc = dict(_ddconfig(), ch=128, ch_mult=[1, 2, 4, 4]) if full else _ddconfig()  # full: SVD's own sizes
+    dec = dict(enc, video_kernel_size=[3, 1, 1], alpha=0.0, merge_strategy="learned", time_mode="conv-only")
     m = AutoencodingEngine(
         regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},
-        encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": _ddconfig()},
+        encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": enc},
         decoder_config={"target": "comfy.ldm.modules.temporal_ae.VideoDecoder", "params": dec})
     return _randomise(m, seed)
 
@@ -429,6 +463,8 @@ def build_models_tree(root: str) -> Dict[str, str]:
     paths["native_sd15_file"] = NATIVE_SD15_FILE
     native_identity_adapter().save(os.path.join(root, NATIVE_ID_FILE))
     paths["native_id_file"] = NATIVE_ID_FILE
+    native_svd_checkpoint(os.path.join(root, NATIVE_SVD_FILE))
+    paths["native_svd_file"] = NATIVE_SVD_FILE
     return paths
 
 

@@ -21,6 +21,7 @@ const browser = await chromium.launch({
 });
 try {
   const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+  page.setDefaultTimeout(120000);  // clicks and waits on a loaded 2-core machine (a training run beside the tests) take longer than 30 s
   // Offline: anything not on the loopback host is aborted and recorded.
   await page.route("**/*", (route) => {
     const u = new URL(route.request().url());
