@@ -212,6 +212,9 @@ class ComfyHost:
             time.sleep(0.05)
         return {"status": status, "events": events, "history": hist, "prompt_id": pid}
 
+    def comfy_version(self) -> str:
+        return str((self.get("/system_stats") or {}).get("system", {}).get("comfyui_version", "unknown version"))
+
     def interrupt(self) -> None:
         self.request("/interrupt", {})
 
