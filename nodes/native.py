@@ -109,9 +109,8 @@ class CausalReferencePatch:
         n = x.shape[0] // max(len(cond_or_uncond), 1)
         if not run.written:
             self._write(executor, base, x, c_concat, c_crossattn, transformer_options, kwargs, cond_or_uncond, n)
-            run.sigma_range = (float(ms.percent_to_sigma(self.end_percent)), float(ms.percent_to_sigma(self.start_percent)))
-        lo, hi = run.sigma_range
-        run.active = lo <= float(t.flatten()[0]) <= hi
+            run.sigma_range = _sigma_range(ms, self.start_percent, self.end_percent)
+        run.active = _in_range(run.sigma_range, t)
         run.reads_rows = None if self.uncond == "keep" else \
             torch.tensor([cond_or_uncond[min(r // n, len(cond_or_uncond) - 1)] == 0 for r in range(x.shape[0])])
         run.mode = "read"
@@ -192,18 +191,48 @@ class CausalReferencePatch:
         return q.shape[0] == shape[0] and q.shape[1] == shape[-2] * shape[-1]
 
 
-def spatial_self_attention_keys(diffusion_model) -> list:
-    """(block name, block id, transformer index) of every spatial self-attention layer core's UNet will look up."""
+def _spatial_transformers(diffusion_model):
+    """(block name, block id, layer) of every spatial transformer of core's UNet (``SpatialVideoTransformer`` is a
+    subclass), in the order core runs them: input blocks, middle block, output blocks."""
     from comfy.ldm.modules.attention import SpatialTransformer
 
-    keys = []
     blocks = [("input", i, b) for i, b in enumerate(diffusion_model.input_blocks)] + [("middle", 0, diffusion_model.middle_block)] \
         + [("output", i, b) for i, b in enumerate(diffusion_model.output_blocks)]
     for name, i, block in blocks:
         for layer in block:
-            if isinstance(layer, SpatialTransformer):  # SpatialVideoTransformer is a subclass
-                keys += [(name, i, j) for j in range(len(layer.transformer_blocks))]
-    return keys
+            if isinstance(layer, SpatialTransformer):
+                yield name, i, layer
+
+
+def spatial_self_attention_keys(diffusion_model) -> list:
+    """(block name, block id, transformer index) of every spatial self-attention layer core's UNet will look up."""
+    return [(name, i, j) for name, i, layer in _spatial_transformers(diffusion_model)
+            for j in range(len(layer.transformer_blocks))]
+
+
+def _check_percents(start_percent: float, end_percent: float) -> None:
+    from ..models.errors import BadInputError
+
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise BadInputError(f"Need 0 <= start_percent <= end_percent <= 1; got {start_percent}, {end_percent}.")
+
+
+def _sigma_range(model_sampling, start_percent: float, end_percent: float) -> Tuple[float, float]:
+    """(σ at end_percent, σ at start_percent): a call is inside the patch's range when its σ lies between them."""
+    return float(model_sampling.percent_to_sigma(end_percent)), float(model_sampling.percent_to_sigma(start_percent))
+
+
+def _in_range(sigma_range, sigma) -> bool:
+    """Whether a call's σ (a tensor, or None when the caller passes none) lies in ``sigma_range`` (None: always)."""
+    if sigma_range is None or sigma is None:
+        return True
+    return sigma_range[0] <= float(sigma.flatten()[0]) <= sigma_range[1]
+
+
+def _replaced(model, kind: str, keys) -> Tuple[list, dict]:
+    """The layers among ``keys`` that already carry a ``patches_replace[kind]`` entry (per layer or per block)."""
+    taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get(kind, {})
+    return [k for k in keys if k in taken or k[:2] in taken], taken
 
 
 def apply_causal_reference(model, latent: torch.Tensor, strength: float = 1.0, uncond: str = "auto",
@@ -217,8 +246,7 @@ def apply_causal_reference(model, latent: torch.Tensor, strength: float = 1.0, u
 
     if strength < 0:
         raise BadInputError(f"strength must be >= 0; got {strength}.")
-    if not 0.0 <= start_percent <= end_percent <= 1.0:
-        raise BadInputError(f"Need 0 <= start_percent <= end_percent <= 1; got {start_percent}, {end_percent}.")
+    _check_percents(start_percent, end_percent)
     dm = getattr(model.model, "diffusion_model", None)
     if dm is None or not hasattr(dm, "input_blocks"):
         raise BadInputError(f"Apply Causal Reference supports UNet models (SD1.5 family, SVD); this MODEL is "
@@ -232,8 +260,7 @@ def apply_causal_reference(model, latent: torch.Tensor, strength: float = 1.0, u
         uncond = "keep" if isinstance(model.model, comfy.model_base.SVD_img2vid) else "drop"
     if uncond not in ("drop", "keep"):
         raise BadInputError(f"uncond must be auto, drop or keep; got {uncond!r}.")
-    taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-    clash = [k for k in keys if k in taken or k[:2] in taken]
+    clash, taken = _replaced(model, "attn1", keys)
     if clash:
         owner = getattr(getattr(taken.get(clash[0], taken.get(clash[0][:2])), "__self__", None), "__class__", type(None)).__name__
         raise BadInputError(f"This MODEL already has a self-attention replacement on {len(clash)} layers (first {clash[0]}, "
@@ -294,8 +321,7 @@ class PoseGuidancePatch:
         ms = guider.model_patcher.get_model_object("model_sampling")
         frames, h, w = latent_image.shape[0], latent_image.shape[-2], latent_image.shape[-1]
         feats, ref = self._features(frames, h, w, guider.model_patcher.load_device)
-        rng = (float(ms.percent_to_sigma(self.end_percent)), float(ms.percent_to_sigma(self.start_percent)))
-        self.run = _PoseRun(feats, ref, rng)
+        self.run = _PoseRun(feats, ref, _sigma_range(ms, self.start_percent, self.end_percent))
         self.runs += 1
         try:
             return executor(noise, latent_image, *args, **kwargs)
@@ -309,9 +335,7 @@ class PoseGuidancePatch:
         if transformer_options.get(REFERENCE_PASS):
             add = run.ref_feat  # the reference's own pose, when given (the pipe's reference_pose option)
         else:
-            sig = transformer_options.get("sigmas")
-            lo, hi = run.sigma_range
-            if sig is not None and not lo <= float(sig.flatten()[0]) <= hi:
+            if not _in_range(run.sigma_range, transformer_options.get("sigmas")):
                 return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
             halves = max(len(transformer_options.get("cond_or_uncond", [0])), 1)
             if x.shape[0] % halves:
@@ -351,8 +375,7 @@ def apply_pose_guidance(model, controller, skeleton=None, smplx=None, reference_
                             "from the same driving video.")
     if strength < 0:
         raise BadInputError(f"strength must be >= 0; got {strength}.")
-    if not 0.0 <= start_percent <= end_percent <= 1.0:
-        raise BadInputError(f"Need 0 <= start_percent <= end_percent <= 1; got {start_percent}, {end_percent}.")
+    _check_percents(start_percent, end_percent)
     lc = controller.config["latent_channels"]
     mc = getattr(model.model.latent_format, "latent_channels", lc)
     if lc != mc:
@@ -372,33 +395,27 @@ def cross_attention_keys(diffusion_model) -> Dict[Tuple, str]:
     (``down_blocks.i.attentions.j.transformer_blocks.t.attn2`` …), for the SD1.5-family UNet layout: input block ids
     count a conv, then per level its res(+attention) blocks and a downsample; output blocks count res(+attention)
     blocks per level, the upsample living inside the level's last block."""
-    from comfy.ldm.modules.attention import SpatialTransformer
-
     nrb = list(diffusion_model.num_res_blocks)
+
+    def level(i: int, per_level: list) -> Tuple[int, int]:  # block id (from the level's first) → (level, index)
+        lvl = 0
+        while i > per_level[lvl]:
+            i -= per_level[lvl] + 1
+            lvl += 1
+        return lvl, i
+
     out: Dict[Tuple, str] = {}
-    for i, block in enumerate(diffusion_model.input_blocks):
-        for layer in block:
-            if isinstance(layer, SpatialTransformer):
-                lvl, rest = 0, i - 1
-                while rest > nrb[lvl]:
-                    rest -= nrb[lvl] + 1
-                    lvl += 1
-                for t in range(len(layer.transformer_blocks)):
-                    out[("input", i, t)] = f"down_blocks.{lvl}.attentions.{rest}.transformer_blocks.{t}.attn2"
-    for layer in diffusion_model.middle_block:
-        if isinstance(layer, SpatialTransformer):
-            for t in range(len(layer.transformer_blocks)):
-                out[("middle", 0, t)] = f"mid_block.attentions.0.transformer_blocks.{t}.attn2"
-    up = list(reversed(nrb))
-    for i, block in enumerate(diffusion_model.output_blocks):
-        for layer in block:
-            if isinstance(layer, SpatialTransformer):
-                lvl, rest = 0, i
-                while rest > up[lvl]:
-                    rest -= up[lvl] + 1
-                    lvl += 1
-                for t in range(len(layer.transformer_blocks)):
-                    out[("output", i, t)] = f"up_blocks.{lvl}.attentions.{rest}.transformer_blocks.{t}.attn2"
+    for name, i, layer in _spatial_transformers(diffusion_model):
+        if name == "input":
+            lvl, j = level(i - 1, nrb)
+            prefix = f"down_blocks.{lvl}.attentions.{j}"
+        elif name == "middle":
+            prefix = "mid_block.attentions.0"
+        else:
+            lvl, j = level(i, list(reversed(nrb)))
+            prefix = f"up_blocks.{lvl}.attentions.{j}"
+        for t in range(len(layer.transformer_blocks)):
+            out[(name, i, t)] = f"{prefix}.transformer_blocks.{t}.attn2"
     return out
 
 
@@ -420,7 +437,7 @@ class IdentityPatch:
 
     def outer_sample(self, executor, *args, **kwargs):
         ms = executor.class_obj.model_patcher.get_model_object("model_sampling")
-        self.sigma_range = (float(ms.percent_to_sigma(self.end_percent)), float(ms.percent_to_sigma(self.start_percent)))
+        self.sigma_range = _sigma_range(ms, self.start_percent, self.end_percent)
         return executor(*args, **kwargs)
 
     def attn2(self, q, k, v, extra_options):
@@ -433,11 +450,8 @@ class IdentityPatch:
         def attend(q_, k_, v_, h_):
             return optimized_attention(q_, k_, v_, h_, attn_precision=prec)
 
-        sig = extra_options.get("sigmas")
-        if self.sigma_range is not None and sig is not None:
-            lo, hi = self.sigma_range
-            if not lo <= float(sig.flatten()[0]) <= hi:
-                return attend(q, k, v, heads)
+        if not _in_range(self.sigma_range, extra_options.get("sigmas")):
+            return attend(q, k, v, heads)
         key = (*extra_options["block"], extra_options.get("block_index", 0))
         halves = list(extra_options.get("cond_or_uncond", [0])) or [0]
         n = q.shape[0] // len(halves)
@@ -462,9 +476,9 @@ def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, f
     c = adapter.config
     if isinstance(model.model, comfy.model_base.SVD_img2vid) or not hasattr(getattr(model.model, "diffusion_model", None), "input_blocks"):
         raise BadInputError(f"Apply Identity supports SD1.5-family UNet models; this MODEL is {type(model.model).__name__}.")
-    if min(image_scale, face_scale) < 0 or not 0.0 <= start_percent <= end_percent <= 1.0:
-        raise BadInputError(f"Need scales >= 0 and 0 <= start_percent <= end_percent <= 1; got {image_scale}, {face_scale}, "
-                            f"{start_percent}, {end_percent}.")
+    if min(image_scale, face_scale) < 0:
+        raise BadInputError(f"image_scale and face_scale must be >= 0; got {image_scale}, {face_scale}.")
+    _check_percents(start_percent, end_percent)
     uses_image = bool(c["num_image_tokens"]) and image_scale > 0
     if uses_image and clip_embeds is None:
         raise BadInputError("This identity adapter has CLIP-image tokens but no clip_vision_output is connected; connect "
@@ -483,16 +497,15 @@ def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, f
         raise BadInputError(f"The identity adapter was made for another UNet: this model's layers "
                             f"({len(keys)}, e.g. {next(iter(keys.values()), '-')}) do not match the adapter's "
                             f"({len(c['layers'])}).")
-    dm = model.model.diffusion_model
-    for (blk, i, t), name in keys.items():  # same names, other widths: the projections must fit the layer
-        block = dm.middle_block if blk == "middle" else (dm.input_blocks if blk == "input" else dm.output_blocks)[i]
-        to_k = next(la for la in block if hasattr(la, "transformer_blocks")).transformer_blocks[t].attn2.to_k
+    to_ks = {(b, i, t): layer.transformer_blocks[t].attn2.to_k
+             for b, i, layer in _spatial_transformers(model.model.diffusion_model) for t in range(len(layer.transformer_blocks))}
+    for key, name in keys.items():  # same names, other widths: the projections must fit the layer
+        to_k = to_ks[key]
         if tuple(adapter.kv[_key(name) + "__k_face"].weight.shape) != tuple(to_k.weight.shape):
             raise BadInputError(f"The identity adapter was made for another UNet: its projections at {name} are "
                                 f"{tuple(adapter.kv[_key(name) + '__k_face'].weight.shape)}, the model's "
                                 f"{tuple(to_k.weight.shape)}.")
-    taken = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
-    if any(k in taken or k[:2] in taken for k in keys):
+    if _replaced(model, "attn2", keys)[0]:
         raise BadInputError("This MODEL already has cross-attention replacements (another IP-Adapter or Apply Identity); a "
                             "second one would silently replace them. Apply Identity once, to a model without them.")
     with torch.no_grad():

@@ -173,21 +173,30 @@ def native_sd15_checkpoint(path: str, seed: int = 31) -> str:
     no linear projections, 8 heads), the real-size SD VAE and the real-size CLIP-L text encoder (core fixes both
     architectures, so neither can be tiny).  For the native workflows in the test host."""
     ensure_comfy_importable()
-    import comfy.sd1_clip
-    from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     if os.path.exists(path):
         return path
-    unet = UNetModel(**NATIVE_SD15_UNET)
-    vae = AutoencoderKL(ddconfig=dict(_ddconfig(), ch=128, ch_mult=[1, 2, 4, 4]), embed_dim=4)
+    unet = _randomise(UNetModel(**NATIVE_SD15_UNET), seed)
+    sd = {"model.diffusion_model." + k: v.half() for k, v in unet.state_dict().items()}
+    sd.update(_sd15_vae_and_clip_state(seed))
+    return _save(sd, path)
+
+
+def _sd15_vae_and_clip_state(seed: int) -> Dict[str, torch.Tensor]:
+    """The real-size SD VAE and CLIP-L text encoder (core fixes both architectures, so neither can be tiny), random
+    (``_randomise``), fp16, under their SD1.5 checkpoint prefixes."""
+    ensure_comfy_importable()
+    import comfy.sd1_clip
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    vae = AutoencoderKL(ddconfig=_full_ddconfig(), embed_dim=4)
     clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
     sd = {}
-    for prefix, module, keep in (("model.diffusion_model.", unet, ""), ("first_stage_model.", vae, ""),
-                                 ("cond_stage_model.", clip, "transformer.text_model.")):
+    for prefix, module, keep in (("first_stage_model.", vae, ""), ("cond_stage_model.", clip, "transformer.text_model.")):
         _randomise(module, seed)
         sd.update({prefix + k: v.half() for k, v in module.state_dict().items() if k.startswith(keep)})
-    return _save(sd, path)
+    return sd
 
 
 # ----------------------------------------------------------------------------- real-size files (AnimateDiff-Evolved interop)
@@ -230,9 +239,7 @@ def ade_models(root: str, seed: int = 41) -> Dict[str, str]:
     motion module in its original layout, an SD1.5 openpose-shaped ControlNet and a small LoRA, all random; ≈ 3.8 GB.
     Built once per models root (skipped when the files exist)."""
     ensure_comfy_importable()
-    import comfy.sd1_clip
     from comfy.cldm.cldm import ControlNet
-    from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from diffusers import MotionAdapter
 
@@ -243,11 +250,7 @@ def ade_models(root: str, seed: int = 41) -> Dict[str, str]:
             unet = UNetModel(**FULL_SD15_UNET)
         sd = {"model.diffusion_model." + k: v for k, v in _random_state(unet, seed).items()}
         del unet
-        vae = AutoencoderKL(ddconfig=dict(_ddconfig(), ch=128, ch_mult=[1, 2, 4, 4]), embed_dim=4)
-        clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
-        for prefix, module, keep in (("first_stage_model.", vae, ""), ("cond_stage_model.", clip, "transformer.text_model.")):
-            _randomise(module, seed)
-            sd.update({prefix + k: v.half() for k, v in module.state_dict().items() if k.startswith(keep)})
+        sd.update(_sd15_vae_and_clip_state(seed))
         _save(sd, P["sd15"])
         del sd
     if not os.path.exists(P["mm"]):
@@ -304,6 +307,11 @@ def native_svd_checkpoint(path: str, seed: int = 51) -> str:
     return _save(sd, path)
 
 
+def _full_ddconfig():
+    """The real SD / SVD VAE's encoder-decoder sizes (core's VAE detection fixes them)."""
+    return dict(_ddconfig(), ch=128, ch_mult=[1, 2, 4, 4])
+
+
 def _ddconfig():
     return dict(double_z=True, z_channels=VAE["z_channels"], resolution=256, in_channels=3, out_ch=3, ch=VAE["ch"],
                 ch_mult=VAE["ch_mult"], num_res_blocks=VAE["num_res_blocks"], attn_resolutions=[], dropout=0.0)
@@ -320,7 +328,7 @@ def comfy_svd_vae(seed=4, full=False):
     ensure_comfy_importable()
     from comfy.ldm.models.autoencoder import AutoencodingEngine
 
-    enc = dict(_ddconfig(), ch=128, ch_mult=[1, 2, 4, 4]) if full else _ddconfig()  # full: SVD's own sizes
+    enc = _full_ddconfig() if full else _ddconfig()  # full: SVD's own sizes
     dec = dict(enc, video_kernel_size=[3, 1, 1], alpha=0.0, merge_strategy="learned", time_mode="conv-only")
     m = AutoencodingEngine(
         regularizer_config={"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"},

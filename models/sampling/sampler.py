@@ -175,43 +175,41 @@ SD15_SCHEDULERS = {
 }
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _prediction_type(sched) -> str:
+    kind = sched.config.prediction_type
+    if kind not in PREDICTION_TYPES:
+        raise BadInputError(f"The backbone's scheduler has prediction_type {kind!r}; expected epsilon, v_prediction or sample.")
+    return kind
+
+
 def training_target(sched, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tensor:
     """What the UNet is trained to predict, as its scheduler config says (ε, v or x0): personalisation and evaluation
     follow the weights' own ``prediction_type`` instead of assuming ε."""
-    kind = sched.config.prediction_type
+    kind = _prediction_type(sched)
     if kind == "epsilon":
         return noise
-    if kind == "v_prediction":
-        return sched.get_velocity(x0, noise, t)
-    if kind == "sample":
-        return x0
-    raise BadInputError(f"The backbone's scheduler has prediction_type {kind!r}; expected epsilon, v_prediction or sample.")
+    return sched.get_velocity(x0, noise, t) if kind == "v_prediction" else x0
 
 
 def output_to_eps(sched, out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     """The ε the model output implies at a noisy latent ``x`` with ᾱ = ``alpha_bar``."""
-    kind = sched.config.prediction_type
+    kind = _prediction_type(sched)
     if kind == "epsilon":
         return out
     a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-    if kind == "v_prediction":
-        return a * out + b * x
-    if kind == "sample":
-        return (x - a * out) / b.clamp_min(1e-8)
-    raise BadInputError(f"The backbone's scheduler has prediction_type {kind!r}; expected epsilon, v_prediction or sample.")
+    return a * out + b * x if kind == "v_prediction" else (x - a * out) / b.clamp_min(1e-8)
 
 
 def predicted_x0(sched, out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
     """The clean latent the model output implies at a noisy latent ``x`` with ᾱ = ``alpha_bar``."""
-    kind = sched.config.prediction_type
-    a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-    if kind == "epsilon":
-        return (x - b * out) / a
-    if kind == "v_prediction":
-        return a * x - b * out
+    kind = _prediction_type(sched)
     if kind == "sample":
         return out
-    raise BadInputError(f"The backbone's scheduler has prediction_type {kind!r}; expected epsilon, v_prediction or sample.")
+    a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    return (x - b * out) / a if kind == "epsilon" else a * x - b * out
 
 
 def make_scheduler(bb, name: str):
