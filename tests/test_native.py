@@ -18,6 +18,7 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -580,3 +581,142 @@ def test_svd_pose_guidance_goes_to_the_noisy_channels_of_both_cfg_halves():
     with torch.no_grad():
         feats = pose_features(pc, maps_to_tensor(sk, 16, 16, 4, "skeleton maps"), None)
     assert torch.allclose(diff[:, :4], feats.repeat(2, 1, 1, 1), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- PoseCrafter on the native path
+
+
+def _pipe_settings(cfg, **kw):
+    from performer_pkg.models.sampling.sampler import VideoSettings
+
+    return VideoSettings(frames=FRAMES, width=SIZE, height=SIZE, steps=STEPS, cfg=cfg, seed=3, prompt="a person dancing",
+                         window=16, stride=8, scheduler="ddim", **kw)
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_keyframe_attention_parity_with_the_pipe(setup, reference):
+    """Apply Key-frame Attention (alone, and under Apply Causal Reference, where frames read [reference, key frame])
+    against the pipe's key-frame attention (VideoSettings.keyframe), CFG 3 so both halves are exercised."""
+    from performer_pkg.models.sampling.sampler import sample_video
+    from performer_pkg.nodes.native import apply_keyframe_attention
+
+    before = options_snapshot(setup["model"])
+    pipe = sample_video(setup["bb"], _pipe_settings(3.0, keyframe=1), setup["ref"], use_reference_attention=reference)
+    base = patched(setup)[0] if reference else setup["model"]
+    m, kp = apply_keyframe_attention(base, 1)
+    core = core_sample(m, setup, pipe_noise(), 3.0)
+    assert (core - pipe).abs().max() < 1e-4
+    # the key frame's effect agrees between the two paths (compared on its own: the random tiny model's is small)
+    d_core = core - core_sample(base, setup, pipe_noise(), 3.0)
+    d_pipe = pipe - sample_video(setup["bb"], _pipe_settings(3.0), setup["ref"], use_reference_attention=reference)
+    # (≈3e-4 under the reference, against float32 differences of ≈3e-5 between the paths; a patch that read nothing
+    # or the wrong frame would differ by the whole effect)
+    assert d_pipe.abs().max() > 2.5e-4
+    assert (d_core - d_pipe).abs().max() < 0.25 * d_pipe.abs().max()
+    assert kp.applied > 0 and kp.sigma_range is None
+    assert options_snapshot(setup["model"]) == before
+
+
+def test_keyframe_attention_under_core_windows_needs_the_key_frame_in_each_window(setup):
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+    from performer_pkg.models.errors import BadInputError
+    from performer_pkg.nodes.native import apply_keyframe_attention
+
+    def windowed(keyframe):
+        m, kp = apply_keyframe_attention(setup["model"], keyframe)
+        w = ContextWindowsManualNode.execute(m, context_length=2, context_overlap=1, context_schedule="standard_static",
+                                             context_stride=1, closed_loop=False, fuse_method="pyramid", dim=0)
+        return (w[0] if isinstance(w, tuple) else w.result[0]), kp
+
+    m, kp = windowed(1)  # windows [0, 1] and [1, 2] both hold frame 1 (steps = frames - 1: see the reference test)
+    out = core_sample(m, setup, pipe_noise(), 1.0, steps=FRAMES - 1)
+    assert torch.isfinite(out).all() and kp.applied > 0
+    m, _ = windowed(0)
+    with pytest.raises(BadInputError, match="key frame 0 is not among the frames"):
+        core_sample(m, setup, pipe_noise(), 1.0, steps=FRAMES - 1)
+    with pytest.raises(BadInputError, match="apply it once"):
+        apply_keyframe_attention(apply_keyframe_attention(setup["model"], 0)[0], 0)
+
+
+def _face_poses():
+    """A reference pose and FRAMES target poses on the video canvas: face and both hands, moved per frame by known
+    affines (shift + scale), a few points hidden."""
+    from performer_pkg.models.pose.sequence import FACE, LHAND, RHAND, N_POINTS, PoseSequence
+
+    rng = np.random.default_rng(4)
+    k = np.zeros((1 + FRAMES, 1, N_POINTS, 3), np.float32)
+    for part, (cx, cy, r) in ((FACE, (16, 9, 4)), (LHAND, (7, 22, 3)), (RHAND, (25, 22, 3))):
+        n = len(range(N_POINTS)[part])
+        pts = rng.uniform(-r, r, (n, 2)) + (cx, cy)
+        for f in range(1 + FRAMES):
+            a = 1.0 + 0.1 * f
+            k[f, 0, part, :2] = (pts - (cx, cy)) * a + (cx + 1.5 * f, cy - 0.7 * f)
+            k[f, 0, part, 2] = 1.0
+    k[2, 0, FACE.start:FACE.start + 5, 2] = 0.0
+    return PoseSequence(k[:1], SIZE, SIZE), PoseSequence(k[1:], SIZE, SIZE)
+
+
+@pytest.mark.parametrize("step", [0, 6])
+def test_latent_edit_parity_with_the_pipe_at_a_chosen_step(setup, step):
+    """Apply Latent Edit against the pipe's PoseCrafter edit (``step_hook`` + ``edit_latents``), from the same replicated
+    start latent, at step 0 and at step 6 of 20.  The pipe's latents are core's times √ᾱ, so the start and source go
+    into core as LATENT = pipe latent · √(1+σ₀²) / 0.18215, sampled without added noise."""
+    import comfy.sample
+    import comfy.samplers
+
+    from performer_pkg.models.posecrafter.editing import edit_latents
+    from performer_pkg.models.sampling.sampler import sample_video
+    from performer_pkg.nodes.native import apply_latent_edit, pose_landmarks
+
+    ref_pose, tgt = _face_poses()
+    g = torch.Generator().manual_seed(11)
+    src_vp = torch.randn(1, 4, 1, SIZE // 2, SIZE // 2, generator=g)  # the "inverted" reference, pipe variables
+    start_vp = src_vp.repeat(1, 1, FRAMES, 1, 1)
+    ref_lm = pose_landmarks(ref_pose, 0)
+    tgt_lm = [pose_landmarks(tgt, i) for i in range(FRAMES)]
+
+    def hook(i, lat):
+        return edit_latents(lat, src_vp[0, :, 0].to(lat.dtype), ref_lm, tgt_lm, 2, margin=2.0)[0] if i == step else lat
+
+    pipe = sample_video(setup["bb"], _pipe_settings(3.0), setup["ref"], use_reference_attention=False,
+                        start_latents=start_vp, step_hook=hook)
+    unedited = sample_video(setup["bb"], _pipe_settings(3.0), setup["ref"], use_reference_attention=False,
+                            start_latents=start_vp)
+    sigmas, ms = ddim_sigmas(setup["model"])
+    to_core = math.sqrt(1 + float(sigmas[0]) ** 2) / SCALE
+    before = options_snapshot(setup["model"])
+    m, patch = apply_latent_edit(setup["model"], src_vp[:, :, 0] * to_core, ref_pose, 0, tgt, step, margin=2.0)
+    start = start_vp[0].permute(1, 0, 2, 3) * to_core
+    steps_seen = []
+    out = comfy.sample.sample_custom(m, torch.zeros_like(start), 3.0, comfy.samplers.sampler_object("ddim"), sigmas,
+                                     setup["pos"], setup["neg"], start, disable_pbar=True, seed=0,
+                                     callback=lambda i, d, x, t: steps_seen.append((i, t)))
+    a0 = 1.0 / (1.0 + float(ms.sigmas[0]) ** 2)
+    core = (out * SCALE * math.sqrt(a0)).permute(1, 0, 2, 3)[None]
+    assert (pipe - unedited).abs().max() > 1e-2  # the edit changed the video …
+    assert (core - pipe).abs().max() < 1e-4  # … the same way on both paths
+    assert steps_seen == [(i, STEPS) for i in range(STEPS)]  # one progress count over both halves of the split
+    assert patch.runs == 1 and all(r["face"].startswith("edited") for r in patch.reports)
+    assert options_snapshot(setup["model"]) == before
+
+
+def test_latent_edit_refuses_what_it_cannot_do(setup):
+    from performer_pkg.models.errors import BadInputError
+    from performer_pkg.models.pose.sequence import empty
+    from performer_pkg.nodes.native import apply_latent_edit
+
+    ref_pose, tgt = _face_poses()
+    src = torch.zeros(1, 4, SIZE // 2, SIZE // 2)
+    with pytest.raises(BadInputError, match="no face or hand with 3 visible landmarks"):
+        apply_latent_edit(setup["model"], src, empty(1, SIZE, SIZE), 0, tgt)
+    with pytest.raises(BadInputError, match="canvas"):
+        apply_latent_edit(setup["model"], src, ref_pose.copy(width=64), 0, tgt)
+    with pytest.raises(BadInputError, match="one frame"):
+        apply_latent_edit(setup["model"], src[0], ref_pose, 0, tgt)
+    m, _ = apply_latent_edit(setup["model"], src, ref_pose, 0, tgt, edit_step=25)
+    with pytest.raises(BadInputError, match="edit_step is 25 but this sampler runs 4 steps"):
+        core_sample(m, setup, pipe_noise(), 1.0, steps=4)
+    m, _ = apply_latent_edit(setup["model"], src, ref_pose, 0, empty(FRAMES + 1, SIZE, SIZE))
+    with pytest.raises(BadInputError, match="target_poses has 4 frames but the sampled latent has 3"):
+        core_sample(m, setup, pipe_noise(), 1.0, steps=4)
