@@ -5,7 +5,7 @@
 What it writes (real diffusers classes, in the layouts the pack's loaders read):
   sd15/                 a diffusers SD1.5-style folder: unet/ (UNet2DConditionModel), vae/ (AutoencoderKL, 4× downscale),
                         text_encoder/ (tiny CLIP), tokenizer/ (ComfyUI's SD1 tokenizer), scheduler/ (DDIM)
-  motion_adapter/       a diffusers MotionAdapter folder
+  motion_adapter/       a diffusers MotionAdapter folder (+ scheduler_config.json: the betas it was trained with)
   pose_controller.safetensors   the pack's VividPose-style pose controller
   train_log.json        seeds, sizes, step counts, final losses
 
@@ -292,6 +292,10 @@ def main():
     missing, unexpected = ad_out.load_state_dict(mapped, strict=False)
     assert not missing, missing[:3]
     ad_out.save_pretrained(os.path.join(out, "motion_adapter"))
+    # the motion module was trained with these betas, not AnimateDiff's linear ones: say so beside it (the pack's
+    # loader reads this file, models/backbones/loaders.motion_module_betas)
+    with open(os.path.join(out, "motion_adapter", "scheduler_config.json"), "w") as fh:
+        json.dump(sched_cfg, fh, indent=1)
     pc.save(os.path.join(out, "pose_controller.safetensors"))
     log = {"steps_done": state["step"], "seed": a.seed, "heads": a.heads, "prediction": a.prediction, "zero_snr": a.zero_snr, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
            "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],

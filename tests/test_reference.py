@@ -375,8 +375,11 @@ def test_bad_inputs_are_clear(ad, svd, models_tree):
 def test_ddim_inversion_then_sampling_reconstructs(ad, svd):
     """Invert clean latents with reference attention on, then sample from the result with the same settings.
 
-    Tolerance 2 % relative L2 with ``refine=6`` fixed-point iterations per step.  Why: each refined inversion
-    step is the exact inverse of the DDIM step up to the fixed point's convergence.  Plain inversion (refine=0,
+    Tolerance 2 % relative L2 with ``refine=8`` fixed-point iterations per step.  Why: each refined inversion
+    step is the exact inverse of the DDIM step up to the fixed point's convergence, which is geometric (each two
+    iterations cut the error by 2.2–2.5×).  On AnimateDiff's linear betas (issue 18: ᾱ_T ≈ 0.0016 against SD1.5's
+    scaled_linear 0.0047, so larger steps near t = T) it converges more slowly than on the scaled_linear betas this
+    test was first tuned on: 2.1 % / 0.92 % / 0.42 % at refine 6 / 8 / 10 (scaled_linear: 0.71 % at 6).  Plain inversion (refine=0,
     PoseCrafter's rule) assumes ε barely changes between neighbouring latents; the tiny random UNet's ε is
     large next to its clean latents (std ≈ 0.06 vs 0.02), so there it only improves with more steps."""
     from performer_pkg.models.sampling.sampler import ddim_invert, encode_video
@@ -384,7 +387,8 @@ def test_ddim_inversion_then_sampling_reconstructs(ad, svd):
     ref = encode_reference(ad, _img())
     x0 = encode_video(ad, torch.rand(4, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(1)))
     s = _settings(steps=10, cfg=1.0)
-    xT = ddim_invert(ad, x0, s, ref, refine=6)
+    assert ad.scheduler_config["beta_schedule"] == "linear"  # AnimateDiff's own betas
+    xT = ddim_invert(ad, x0, s, ref, refine=8)
     rec = sample_video(ad, s, ref, start_latents=xT)
     assert ((rec - x0).norm() / x0.norm()).item() <= 0.02
     errs = []

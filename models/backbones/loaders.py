@@ -351,9 +351,37 @@ def load_controlnet(path: str, *, device=None, dtype=torch.float32):
     return _place(cn, device, dtype)
 
 
+# The noise schedule AnimateDiff's motion modules were trained with: linear betas from 0.00085 to 0.012, not SD1.5's
+# scaled_linear (guoyww/AnimateDiff configs/training/v1/training.yaml and configs/inference/inference-v1.yaml,
+# inference-v2.yaml, inference-v3.yaml: ``noise_scheduler_kwargs: beta_start 0.00085, beta_end 0.012,
+# beta_schedule "linear"``).  AnimateDiff-Evolved's "autoselect" picks "sqrt_linear (AnimateDiff)" for SD1.5 motion
+# modules (animatediff/motion_module_ad.py get_best_beta_schedule), ldm's name for the same
+# ``linspace(beta_start, beta_end)`` (ldm's own "linear" is diffusers' "scaled_linear").
+ANIMATEDIFF_BETAS = {"beta_schedule": "linear", "beta_start": 0.00085, "beta_end": 0.012, "trained_betas": None}
+BETA_KEYS = ("beta_schedule", "beta_start", "beta_end", "trained_betas")
+MOTION_SCHEDULE_FILE = "scheduler_config.json"  # optional, in a motion-module folder: the betas it was trained with
+
+
+def motion_module_betas(path: str) -> Dict[str, Any]:
+    """The betas the motion module at ``path`` was trained with: those a MotionAdapter folder states in its own
+    ``scheduler_config.json`` (the pack's demo model, trained with its checkpoint's scaled_linear betas), else
+    AnimateDiff's (:data:`ANIMATEDIFF_BETAS`)."""
+    p = os.path.join(path, MOTION_SCHEDULE_FILE)
+    if os.path.isdir(path) and os.path.isfile(p):
+        with open(p, encoding="utf-8") as fh:
+            stated = json.load(fh)
+        betas = {k: stated[k] for k in BETA_KEYS if k in stated}
+        if "beta_schedule" not in betas and betas.get("trained_betas") is None:
+            raise BadModelFileError(f"'{p}' names no beta_schedule (or trained_betas) for the motion module.")
+        return {**ANIMATEDIFF_BETAS, **betas}
+    return dict(ANIMATEDIFF_BETAS)
+
+
 def with_motion_module(bb: Backbone, path: str) -> Backbone:
     """A new SD1.5 backbone whose UNet carries the motion module at ``path``; ``bb`` is left untouched
-    (``UNetMotionModel.from_unet2d`` copies the 2D weights into a new module)."""
+    (``UNetMotionModel.from_unet2d`` copies the 2D weights into a new module).  Its scheduler config takes the betas the
+    motion module was trained with (:func:`motion_module_betas`: AnimateDiff's linear ones) over the checkpoint's;
+    everything else (prediction type, timestep spacing, zero terminal SNR) stays the checkpoint's."""
     from diffusers import UNetMotionModel
 
     from ..errors import BadInputError
@@ -364,7 +392,9 @@ def with_motion_module(bb: Backbone, path: str) -> Backbone:
         raise BadInputError("This pipe already has a motion module.")
     adapter = load_motion_adapter(path, device=bb.device, dtype=bb.dtype)
     unet = _place(UNetMotionModel.from_unet2d(bb.unet, adapter), bb.device, bb.dtype)
-    return bb.with_parts(unet=unet, motion_adapter=adapter, source={"motion_module": path})
+    sched = {**bb.scheduler_config, **motion_module_betas(path)}
+    return bb.with_parts(unet=unet, motion_adapter=adapter, scheduler_config=sched,
+                         source={"motion_module": path, "beta_schedule": sched["beta_schedule"]})
 
 
 def with_controlnet(bb: Backbone, path: str) -> Backbone:

@@ -3,8 +3,10 @@
 Two backbones, one loop:
 
 * **AnimateDiff** (SD1.5 UNet + motion module; without a motion module frames are independent):
-  DDIM by default (or another diffusers scheduler named in ``VideoSettings.scheduler``), epsilon
-  prediction, text context + optional identity tokens, optional ControlNet on skeleton maps.
+  DDIM by default (or another diffusers scheduler named in ``VideoSettings.scheduler``) over the betas the weights
+  were trained with (``VideoSettings.beta_schedule`` "auto": AnimateDiff's linear betas with a motion module, the
+  checkpoint's own without; see ``backbones.loaders.ANIMATEDIFF_BETAS``), the prediction type of the checkpoint's
+  scheduler config, text context + optional identity tokens, optional ControlNet on skeleton maps.
 * **SVD**: the EDM Euler schedule of the model's scheduler config (Karras sigmas, v-prediction,
   timestep = 0.25·ln σ, input scaled by 1/√(σ²+1) — all done by ``EulerDiscreteScheduler``).  The
   reference's conditioning latent is ``vae.encode(image + noise_aug·ε).mode()`` *unscaled* and is
@@ -154,6 +156,7 @@ class VideoSettings:
     negative: str = ""
     denoise: float = 1.0
     scheduler: str = "ddim"  # sd15: ddim | euler | euler_a | dpm++ | unipc | pndm ; svd: its own EDM Euler
+    beta_schedule: str = "auto"  # sd15: auto (the weights' own) | linear | scaled_linear ; svd: its own EDM schedule
     window: int = 16
     stride: int = 8
     reference_strength: float = 1.0
@@ -174,6 +177,8 @@ SD15_SCHEDULERS = {
     "dpm++": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "pndm": "PNDMScheduler",
 }
 
+
+BETA_SCHEDULES = ("auto", "linear", "scaled_linear")
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -212,14 +217,26 @@ def predicted_x0(sched, out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Ten
     return (x - b * out) / a if kind == "epsilon" else a * x - b * out
 
 
-def make_scheduler(bb, name: str):
+def scheduler_config(bb, beta_schedule: str = "auto") -> dict:
+    """The scheduler config to sample ``bb`` with.  "auto": the betas its weights were trained with, as the backbone
+    carries them (``with_motion_module`` puts AnimateDiff's linear betas over an SD1.5 checkpoint's scaled_linear
+    ones); "linear" / "scaled_linear": those betas instead (SD1.5 only; SVD always samples its own EDM schedule)."""
+    if beta_schedule not in BETA_SCHEDULES:
+        raise BadInputError(f"Unknown beta schedule {beta_schedule!r}; choose one of {', '.join(BETA_SCHEDULES)}.")
+    cfg = dict(bb.scheduler_config)
+    if beta_schedule != "auto" and bb.family == "sd15":
+        cfg.update(beta_schedule=beta_schedule, trained_betas=None)
+    return cfg
+
+
+def make_scheduler(bb, name: str, beta_schedule: str = "auto"):
     import diffusers
 
     if bb.family == "svd":
         return diffusers.EulerDiscreteScheduler.from_config(bb.scheduler_config)
     if name not in SD15_SCHEDULERS:
         raise BadInputError(f"Unknown scheduler {name!r}; choose one of {', '.join(SD15_SCHEDULERS)}.")
-    return getattr(diffusers, SD15_SCHEDULERS[name]).from_config(bb.scheduler_config)
+    return getattr(diffusers, SD15_SCHEDULERS[name]).from_config(scheduler_config(bb, beta_schedule))
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -423,7 +440,7 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
     weights = window_weights(windows, s.frames)
     run = _Run(bb, s, reference, skeleton, smplx)
 
-    sched = make_scheduler(bb, s.scheduler)
+    sched = make_scheduler(bb, s.scheduler, s.beta_schedule)
     sched.set_timesteps(s.steps, device=bb.device)
     timesteps = sched.timesteps
     g = torch.Generator("cpu").manual_seed(int(s.seed))
@@ -510,7 +527,7 @@ def ddim_invert(bb, latents: torch.Tensor, s: VideoSettings, reference: Optional
     if tuple(latents.shape[-2:]) != (s.height // f, s.width // f) or latents.shape[2] != s.frames:
         raise BadInputError(f"The latent to invert has shape {tuple(latents.shape)}; expected {s.frames} frames at {s.width}×{s.height}.")
     run = _Run(bb, s, reference, skeleton, smplx)
-    sched = DDIMScheduler.from_config(bb.scheduler_config)
+    sched = DDIMScheduler.from_config(scheduler_config(bb, s.beta_schedule))
     sched.set_timesteps(s.steps, device=bb.device)
     ts = list(reversed(sched.timesteps.tolist()))
     ac = sched.alphas_cumprod.to(torch.float64)
