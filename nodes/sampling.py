@@ -45,13 +45,13 @@ class PerformerSampleVideo(io.ComfyNode):
 
 OPTION_DEFAULTS = dict(window=16, stride=8, scheduler="ddim", reference_strength=1.0, reference_uncond="auto",
                        reference_pose=True, controlnet_scale=1.0, pose_scale=1.0, image_scale=1.0, face_scale=1.0,
-                       fps=7, motion_bucket_id=127, min_cfg=1.0)
+                       fps=7, motion_bucket_id=127, min_cfg=1.0, beta_schedule="auto")
 
 
 class PerformerSamplerOptions(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        from ..models.sampling.sampler import SD15_SCHEDULERS
+        from ..models.sampling.sampler import BETA_SCHEDULES, SD15_SCHEDULERS
 
         return io.Schema(
             node_id="PerformerSamplerOptions",
@@ -77,6 +77,10 @@ class PerformerSamplerOptions(io.ComfyNode):
                 io.Int.Input("fps", default=7, min=1, max=60, tooltip="SVD micro-conditioning fps."),
                 io.Int.Input("motion_bucket_id", default=127, min=0, max=1023, tooltip="SVD motion amount."),
                 io.Float.Input("min_cfg", default=1.0, min=0.0, max=50.0, step=0.1, tooltip="SVD: guidance at the first frame (rises to cfg at the last)."),
+                io.Combo.Input("beta_schedule", options=list(BETA_SCHEDULES), default="auto", optional=True,
+                               tooltip="AnimateDiff noise schedule: auto = the one the weights were trained with (linear betas "
+                                       "with a motion module, as AnimateDiff was trained; the checkpoint's own without). "
+                                       "SVD always uses its EDM schedule."),
             ],
             outputs=[OPTIONS.Output(display_name="options", tooltip="The combined options, for Animate or another Sampler Options node.")],
         )
@@ -147,7 +151,7 @@ class PerformerAnimate(io.ComfyNode):
                           reference_uncond=None if o["reference_uncond"] == "auto" else o["reference_uncond"],
                           reference_pose=o["reference_pose"], controlnet_scale=o["controlnet_scale"], pose_scale=o["pose_scale"],
                           image_scale=o["image_scale"], face_scale=o["face_scale"], fps=o["fps"],
-                          motion_bucket_id=o["motion_bucket_id"], min_cfg=o["min_cfg"])
+                          motion_bucket_id=o["motion_bucket_id"], min_cfg=o["min_cfg"], beta_schedule=o["beta_schedule"])
         from ..models.sampling.windows import plan_windows
 
         total = len(plan_windows(frames, s.window, s.stride)) * steps
