@@ -34,7 +34,8 @@ NOTES = {
     "performer_ivr_refine": (
         "DiffPerformer: animate, then refine with an implicit video representation (hash-grid canonical + deformation "
         "field) and the loop re-noise → re-denoise → refit, with the 3D-aware human flow of the fitted bodies.\n\n"
-        + MODELS_SD15 + "\n\nChange: total IVR steps, refresh interval and noise strengths on Refine (IVR). "
+        + MODELS_SD15 + " ControlNet openpose in models/controlnet (the skeleton maps guide the animation and every "
+        "re-generation).\n\nChange: total IVR steps, refresh interval and noise strengths on Refine (IVR). "
         "The preview shows every refresh; pick one in its list."),
     "performer_demo_synthetic": (
         "The demo (make demo): a synthetic performer from the evaluation range (the pack generates it, with ground "
@@ -51,6 +52,15 @@ NOTES = {
         "Models: any SD1.5 checkpoint in models/checkpoints (e.g. v1-5-pruned-emaonly.safetensors); the test file "
         "named here is a random-weight stand-in.\n\n"
         "Change: the reference photo (scaled to the video size), strength, the frame count (batch), prompts, steps."),
+    "performer_native_ivr_refine": (
+        "Native DiffPerformer: your SD1.5 checkpoint with causal reference attention (SCD) and the pack's pose "
+        "guidance, sampled by core's KSampler, then Refine with IVR (native): the video is distilled into an implicit "
+        "video representation with the 3D-aware human flow of the fitted bodies, and re-noised and re-denoised by "
+        "core sampling with the same patched MODEL and conditioning (a ControlNet in the conditioning applies too), "
+        "with live previews.\n\n"
+        "Models: an SD1.5 checkpoint in models/checkpoints (the test file named here is a random-weight stand-in); a "
+        "pose controller in models/performer/adapters.\n\n"
+        "Change: the reference photo, the driving poses, total IVR steps, refresh interval and noise strengths."),
     "performer_native_ade_reference": (
         "Native + AnimateDiff-Evolved: your SD1.5 checkpoint with a LoRA, an AnimateDiff motion model injected by "
         "AnimateDiff-Evolved with its sliding context windows (12 frames in windows of 8), causal reference attention "

@@ -360,6 +360,12 @@ def test_bad_inputs_are_clear(ad, svd, models_tree):
                      skeleton=torch.rand(5, SIZE, SIZE, 3), smplx=torch.rand(4, SIZE, SIZE, 3))
     with pytest.raises(BadInputError, match="ControlNet but no skeleton maps"):
         sample_video(backbones.with_controlnet(ad, models_tree[1]["cn_file"]), _settings(), ref)
+    # maps nothing would read are refused, not silently ignored
+    with pytest.raises(BadInputError, match="neither a ControlNet nor a pose controller"):
+        sample_video(ad, _settings(), ref, skeleton=torch.rand(4, SIZE, SIZE, 3))
+    with pytest.raises(BadInputError, match="SMPL-X renders are connected but the pipe has no pose controller"):
+        sample_video(backbones.with_controlnet(ad, models_tree[1]["cn_file"]), _settings(), ref,
+                     skeleton=torch.rand(4, SIZE, SIZE, 3), smplx=torch.rand(4, SIZE, SIZE, 3))
     with pytest.raises(BadInputError, match="encoded for a svd pipe"):
         sample_video(ad, _settings(), encode_reference(svd, _img()))
     with pytest.raises(BadInputError, match="initial latent contains NaN"):

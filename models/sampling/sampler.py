@@ -259,6 +259,12 @@ class _Run:
                                 "they must come from the same driving video.")
         self.skeleton = maps_to_tensor(skeleton, s.height, s.width, s.frames, "skeleton maps") if skeleton is not None else None
         self.smplx = maps_to_tensor(smplx, s.height, s.width, s.frames, "SMPL-X renders") if smplx is not None else None
+        if self.skeleton is not None and bb.controlnet is None and bb.pose_controller is None:
+            raise BadInputError("Skeleton maps are connected but the pipe has neither a ControlNet nor a pose controller, so "
+                                "they would be ignored; add one (Add ControlNet / Add Pose Controller) or disconnect them.")
+        if self.smplx is not None and bb.pose_controller is None:
+            raise BadInputError("SMPL-X renders are connected but the pipe has no pose controller, so they would be "
+                                "ignored; add one (Add Pose Controller) or disconnect them.")
         self.pose_feat = None
         if (self.skeleton is not None or self.smplx is not None) and bb.pose_controller is not None:
             feat = pose_features(bb.pose_controller, self.skeleton, self.smplx, s.pose_scale)
