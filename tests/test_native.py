@@ -337,7 +337,7 @@ def test_identity_zero_scales_exact_original_untouched_and_bad_inputs(models_tre
         apply_identity(model, load_identity_adapter(path), None, face)
     with pytest.raises(BadInputError, match="already has cross-attention replacements"):
         apply_identity(m1, load_identity_adapter(path), clip, face)
-    with pytest.raises(BadInputError, match="SD1.5-family"):
+    with pytest.raises(BadInputError, match="made for another UNet"):
         apply_identity(tm.core_svd_patcher(), load_identity_adapter(path), clip, face)
     with pytest.raises(BadInputError, match="made for another UNet"):
         apply_identity(tm.core_sd15_patcher(width_mult=2), load_identity_adapter(path), clip, face)
@@ -453,6 +453,41 @@ def test_ade_context_windows_lora_reference_once_and_poses_per_window(host):
     res2 = host.run(no_lora, timeout=900)
     assert res2["status"] == "execution_success", json.dumps(res2["events"][-1])[:2000]
     assert any(not np.array_equal(a, b) for a, b in zip(_frames(host, res2), frames))
+
+
+def test_native_ivr_refine_workflow_re_denoises_through_core_sampling_and_cancel_stops_downstream(host):
+    """The bundled native DiffPerformer workflow (checkpoint → Apply Causal Reference → Apply Pose Guidance → KSampler →
+    Refine with IVR (native), with the body's 3D-aware flow): the two re-generations run through core sampling on the
+    patched MODEL (two more sampling runs, each with its one reference pass and the poses of frames 0–11) and the refined
+    video is saved; Cancel during the refinement ends the prompt as interrupted and the nodes after it
+    do not run."""
+    import threading
+
+    api, res, counts = _run_probed(host, "performer_native_ivr_refine", after="7", into="15")
+    steps = api["11"]["inputs"]["steps"]
+    regen = api["15"]["inputs"]["total_steps"] // api["15"]["inputs"]["refresh_every"]
+    cr, pg = counts["CausalReferencePatch"], counts["PoseGuidancePatch"]
+    assert cr["runs"] == 1 + regen and cr["writes"] == 1 + regen, counts  # KSampler + each re-generation
+    assert pg["runs"] == 1 + regen and pg["last_calls"] and all(c == list(range(12)) for c in pg["last_calls"]), counts
+    previews = res["history"]["outputs"]["18"]["images"]  # SaveImage of the IVR renders, 12 frames per re-generation
+    assert len(previews) == 12 * regen and res["history"]["outputs"]["17"]  # and the refined video was saved
+    ran = {e["data"]["node"] for e in res["events"] if e["type"] == "executing" and e["data"].get("node")}
+    assert {"15", "16", "17", "18"} <= ran
+
+    long = json.loads(json.dumps(api))
+    long["15"]["inputs"].update(total_steps=100000, refresh_every=50000, seed=1)
+    started = threading.Event()
+
+    def on_event(ev):
+        if ev["type"] == "progress" and ev["data"].get("node") == "15" and not started.is_set():
+            started.set()
+            host.interrupt()
+
+    res2 = host.run(long, timeout=600, on_event=on_event)
+    assert started.is_set() and res2["status"] == "execution_interrupted"
+    ran2 = {e["data"]["node"] for e in res2["events"] if e["type"] == "executing" and e["data"].get("node")}
+    assert not {"16", "17", "18"} & ran2, ran2  # nothing downstream ran on the unfinished video
+    assert not res2["history"].get("outputs", {}).get("18")
 
 
 def test_original_model_unchanged_in_the_host_also_after_error_and_interrupt(host):
@@ -720,3 +755,46 @@ def test_latent_edit_refuses_what_it_cannot_do(setup):
     m, _ = apply_latent_edit(setup["model"], src, ref_pose, 0, empty(FRAMES + 1, SIZE, SIZE))
     with pytest.raises(BadInputError, match="target_poses has 4 frames but the sampled latent has 3"):
         core_sample(m, setup, pipe_noise(), 1.0, steps=4)
+
+
+def test_svd_identity_reads_spatial_and_temporal_cross_attention_per_cfg_half():
+    """Apply Identity on core's SVD: face tokens in every video transformer's spatial *and* temporal cross-attention
+    (core runs both under one attn2 key; the patch tells them apart by the call's shape). Zero scale is exactly the
+    unpatched model; the original is unchanged; and one temporal call, checked against the shared maths by hand, gives
+    each CFG half's rows that half's tokens (rows of a temporal call are each half's h·w positions)."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    from performer_pkg.models.attention import maths as AM
+    from performer_pkg.models.errors import BadInputError
+    from performer_pkg.nodes.native import apply_identity, temporal_cross_attention_keys
+
+    model = tm.core_svd_patcher()
+    before = options_snapshot(model)
+    face = torch.nn.functional.normalize(torch.randn(1, 512, generator=torch.Generator().manual_seed(3)), dim=-1)
+    base = _svd_sample(model)
+    m0, _ = apply_identity(model, tm.native_svd_identity_adapter(), None, face, face_scale=0.0, image_scale=0.0)
+    assert torch.equal(_svd_sample(m0), base)
+    m, patch = apply_identity(model, tm.native_svd_identity_adapter(), None, face)
+    out = _svd_sample(m)
+    assert (out - base).abs().max() > 1e-3
+    assert patch.temporal_reads > 0 and patch.reads > patch.temporal_reads  # both kinds of layer read the tokens
+    assert torch.equal(_svd_sample(model), base) and options_snapshot(model) == before
+
+    key = next(iter(temporal_cross_attention_keys(model.model.diffusion_model)))
+    (kc, vc, ku, vu, _), = patch.kv_temporal[key]
+    frames, h, w, c, heads = 4, 3, 5, kc.shape[-1], 2
+    g = torch.Generator().manual_seed(8)
+    q = torch.randn(2 * h * w, frames, c, generator=g)  # uncond half's positions, then cond half's: (b s) rows
+    k, v = torch.randn(2 * h * w, 1, c, generator=g), torch.randn(2 * h * w, 1, c, generator=g)
+    opts = {"block": key[:2], "block_index": key[2], "n_heads": heads, "cond_or_uncond": [1, 0],
+            "activations_shape": [2 * frames, c, h, w]}
+    got = patch.attn2(q, k, v, opts)
+    want = AM.decoupled_cross_attention(q, k, v, heads, [(torch.cat([ku.expand(h * w, -1, -1), kc.expand(h * w, -1, -1)]),
+                                                          torch.cat([vu.expand(h * w, -1, -1), vc.expand(h * w, -1, -1)]), 1.0)],
+                                        lambda q_, k_, v_, h_: optimized_attention(q_, k_, v_, h_))
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(kc, ku)  # the halves' tokens differ, so a wrong pick would fail above
+    with pytest.raises(BadInputError, match="no CLIP-image tokens.*SVD reads the CLIP embedding"):
+        apply_identity(model, tm.native_svd_identity_adapter(), torch.randn(1, 32), face)
+    with pytest.raises(BadInputError, match="made for another UNet"):
+        apply_identity(model, tm.native_identity_adapter(), None, face)

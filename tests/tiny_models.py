@@ -167,6 +167,26 @@ def native_identity_adapter(seed: int = 32):
     return IdentityAdapter(layers, cross_dim=768, clip_dim=0, face_dim=512, num_face_tokens=2)
 
 
+def native_svd_identity_adapter(seed: int = 33):
+    """A face-token identity adapter for core's tiny SVD UNet (:func:`core_svd_patcher`): the spatial and the temporal
+    cross-attention of every video transformer, named as the pipe's SVD adapter names them (diffusers'
+    ``transformer_blocks`` / ``temporal_transformer_blocks``), read off core's UNet by the native patch's layout maps."""
+    ensure_comfy_importable()
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    from performer_pkg.models.attention.identity import IdentityAdapter
+    from performer_pkg.nodes.native import _spatial_transformers, cross_attention_keys, temporal_cross_attention_keys
+
+    with torch.device("meta"):
+        unet = UNetModel(**svd_unet_args(adm_in_channels=768))
+    width = {(b, i): layer.transformer_blocks[0].attn2.to_k.weight.shape[0] for b, i, layer in _spatial_transformers(unet)}
+    names = {**{n: k for k, n in cross_attention_keys(unet).items()}, **{n: k for k, n in temporal_cross_attention_keys(unet).items()}}
+    layers = {n: [SVD["context_dim"], width[k[:2]]] for n, k in names.items()}
+    torch.manual_seed(seed)
+    ad = IdentityAdapter(layers, cross_dim=SVD["context_dim"], clip_dim=0, face_dim=512, num_face_tokens=2)
+    return _randomise(ad, seed, std=0.3)
+
+
 def native_sd15_checkpoint(path: str, seed: int = 31) -> str:
     """An SD1.5 single file that core's CheckpointLoaderSimple recognises, made with core's own classes and random
     weights (fp16, ≈ 470 MB): a narrow one-level UNet with SD1.5's detection keys (320 base channels, 768 context,
