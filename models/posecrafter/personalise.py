@@ -9,7 +9,8 @@ What trains (``target``):
 Defaults follow thu-ml ControlVideo's one-shot config (PoseCrafter's base): 8 frames per step drawn at random
 from the video (sorted), AdamW lr 3e-5, weight decay 1e-2, gradient clipping 1.0, MSE on the weights' own target (ε or v, from the
 scheduler config) with one timestep shared
-by all frames of a step, 300 steps; gradient checkpointing on; bf16 autocast on CUDA devices that support it.
+by all frames of a step, 300 steps; gradient checkpointing on; fp32 master weights of the trained tensors with autocast
+in the pipe's dtype for half-precision pipes (bf16 autocast on CUDA devices that support it for fp32 pipes).
 An 80/20 split keeps every fifth frame out of training for evaluation.
 
 The pipe is never modified: training runs on clones.  Checkpoints are safetensors holding the trained tensors
@@ -237,7 +238,6 @@ def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Op
         if getattr(vae, "post_quant_conv", None) is not None:
             vae.post_quant_conv.requires_grad_(True)
         vae_params = [p for p in vae.parameters() if p.requires_grad]
-        vae_opt = torch.optim.AdamW(vae_params, lr=s.vae_lr, weight_decay=s.weight_decay)
     if s.gradient_checkpointing and hasattr(unet, "enable_gradient_checkpointing"):
         unet.enable_gradient_checkpointing()
     unet.train()
@@ -249,19 +249,34 @@ def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Op
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler.from_config(bb.scheduler_config)
+    # fp32 master weights: in a half-precision pipe the trained tensors (UNet targets, pose controller, VAE decoder)
+    # are held and updated in fp32 (AdamW's moments too) and the forward runs under autocast in the pipe's dtype, so
+    # small updates are not rounded away; they go back to the pipe's dtype when training ends
+    half = dt in (torch.float16, torch.bfloat16)
+    masters = train_params + (vae_params if vae is not None else [])
+    dtypes = {k: v.dtype for k, v in pc.state_dict().items()} if (s.train_pose_controller and pc is not None) else {}
+    orig = [p_.dtype for p_ in masters]
+    for p_ in masters:
+        p_.data = p_.data.float()
+    if vae is not None:
+        vae_opt = torch.optim.AdamW(vae_params, lr=s.vae_lr, weight_decay=s.weight_decay)
     opt = torch.optim.AdamW(train_params, lr=s.lr, weight_decay=s.weight_decay)
     g = torch.Generator("cpu").manual_seed(int(s.seed))
     losses: List[float] = list(resume.meta.get("loss_curve", [])) if resume else []
     done0 = int(resume.meta.get("steps", 0)) if resume else 0
     first_loss = len(losses)
-    use_autocast = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+    use_autocast = half or (dev.type == "cuda" and torch.cuda.is_bf16_supported())
+    amp_dtype = dt if half else torch.bfloat16
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=amp_dtype, enabled=use_autocast)
 
     def snapshot(step: int, interrupted: bool = False) -> Personalised:
         tensors = {"unet." + n: params[n].detach().clone().to(bb.dtype) for n in names}
         if s.train_pose_controller and pc is not None:
-            tensors.update({"pose_controller." + k: v.detach().clone() for k, v in pc.state_dict().items()})
+            tensors.update({"pose_controller." + k: v.detach().clone().to(dtypes.get(k, v.dtype)) for k, v in pc.state_dict().items()})
         if vae is not None:
-            tensors.update({"vae." + k: v.detach().clone() for k, v in vae.state_dict().items()
+            tensors.update({"vae." + k: v.detach().clone().to(bb.dtype) for k, v in vae.state_dict().items()
                             if k.startswith(("decoder.", "post_quant_conv."))})
         meta = {"base_fingerprint": fingerprint, "base_source": bb.source.get("backbone", ""),
                 "motion_module": bb.source.get("motion_module", ""), "unet_params": names, "steps": step,
@@ -281,7 +296,7 @@ def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Op
             t = torch.randint(0, sched.config.num_train_timesteps, (1,), generator=g).to(dev)
             xt = sched.add_noise(x0, noise, t)
             n = len(idx)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+            with autocast():
                 if pc is not None and maps is not None:
                     feat = pc({"skeleton": maps[idx].to(dev)}).to(xt.dtype).permute(1, 0, 2, 3)[None]
                     xt = xt + feat
@@ -302,9 +317,10 @@ def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Op
             opt.step()
             if vae is not None:  # reconstruct the picked frames through the decoder (Eq. 2)
                 z = x0[0].permute(1, 0, 2, 3).float() / bb.vae.config.scaling_factor  # (n, C, h, w)
-                rec = vae.decode(z).sample
-                target = frames[idx].permute(0, 3, 1, 2).to(dev, rec.dtype) * 2 - 1
-                vloss = F.l1_loss(rec, target)
+                with autocast():
+                    rec = vae.decode(z).sample
+                target = frames[idx].permute(0, 3, 1, 2).to(dev, torch.float32) * 2 - 1
+                vloss = F.l1_loss(rec.float(), target)
                 vae_opt.zero_grad(set_to_none=True)
                 vloss.backward()
                 if s.grad_clip:
@@ -321,6 +337,8 @@ def _personalise(bb, frames: torch.Tensor, settings: TrainSettings, skeleton: Op
     result = snapshot(done0 + len(losses) - first_loss)
     if save_path:
         result.save(save_path)
+    for p_, d in zip(masters, orig):  # the trained modules sample in their own dtype again, as the frozen rest
+        p_.data = p_.data.to(d)
     unet.eval().requires_grad_(False)
     if hasattr(unet, "disable_gradient_checkpointing"):
         unet.disable_gradient_checkpointing()
