@@ -5,6 +5,7 @@ import os
 from typing import List, Sequence
 
 import folder_paths
+import torch
 from comfy_api.latest import io
 
 PIPE = io.Custom("PERFORMER_PIPE")
@@ -116,6 +117,34 @@ def device_and_dtype(dtype_name: str):
             return device, resolve_dtype("fp32", device)
         return device, (resolve_dtype("bf16", device) if mm.should_use_bf16(device) else resolve_dtype("fp16", device))
     return device, resolve_dtype(dtype_name, device)
+
+
+class _Held(torch.nn.Module):
+    """A plain container, so core's ModelPatcher can set its bookkeeping attributes (``device`` is a read-only
+    property on diffusers modules)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.held = module
+
+
+def use_pipe(pipe) -> None:
+    """Load every module of a pipe through ComfyUI's model management before a node computes with it: one core
+    ``ModelPatcher`` per module (kept in ``pipe.managed``, shared by the pipes derived from it, so a shared module has
+    one), fully loaded (the diffusers modules cannot run partly offloaded). ComfyUI then sees the pipe in its
+    loaded-model list, can offload it to make room for other models, and "Free model and node cache" releases it: the
+    patchers live only as long as the pipes that hold them."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    patchers = []
+    for m in pipe.modules():
+        p = pipe.managed.get(id(m))
+        if p is None or p.model.held is not m:
+            p = comfy.model_patcher.ModelPatcher(_Held(m), load_device=pipe.device, offload_device=mm.unet_offload_device())
+            pipe.managed[id(m)] = p
+        patchers.append(p)
+    mm.load_models_gpu(patchers, force_full_load=True)
 
 
 class Progress:

@@ -6,7 +6,6 @@ from comfy_api.latest import io
 from ._common import CATEGORY, DTYPE_INPUT, NONE, PIPE, comfy_tokenizer_dir, device_and_dtype, resolve, weight_choices
 
 BACKBONE_KINDS = ("checkpoints", "diffusers")
-_CACHE: dict = {}
 
 
 class PerformerLoadBackbone(io.ComfyNode):
@@ -31,13 +30,15 @@ class PerformerLoadBackbone(io.ComfyNode):
     def execute(cls, model, dtype) -> io.NodeOutput:
         from ..models.backbones.loaders import load_backbone
 
+        import comfy.model_management as mm
+
         path = resolve(model, BACKBONE_KINDS)
         device, dt = device_and_dtype(dtype)
-        key = (path, str(device), str(dt))
-        if key not in _CACHE:  # one copy per file/device/dtype; pipes are never mutated downstream
-            _CACHE.clear()
-            _CACHE[key] = load_backbone(path, device=device, dtype=dt, tokenizer_dirs=[comfy_tokenizer_dir()])
-        return io.NodeOutput(_CACHE[key])
+        # loaded on ComfyUI's offload device; the nodes that compute with the pipe load it onto `device` through
+        # ComfyUI's model management (use_pipe). No module-level cache: ComfyUI's node cache keeps the pipe while the
+        # workflow does, and "Free model and node cache" releases it.
+        bb = load_backbone(path, device=mm.unet_offload_device(), dtype=dt, tokenizer_dirs=[comfy_tokenizer_dir()])
+        return io.NodeOutput(bb.with_parts(device=device))
 
 
 class PerformerAddMotionModule(io.ComfyNode):

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ._common import CATEGORY, PIPE, POSE, Progress, preview
+from ._common import CATEGORY, PIPE, POSE, Progress, preview, use_pipe
 
 CAT = f"{CATEGORY}/personalise"
 
@@ -56,6 +56,7 @@ class PerformerPersonalise(io.ComfyNode):
     @classmethod
     def execute(cls, pipe, images, name, target, steps, lr, frames_per_step, train_pose_controller, train_vae_decoder, holdout,
                 resume, seed, poses=None) -> io.NodeOutput:
+        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         import folder_paths
 
         from ..models.errors import BadInputError
@@ -132,6 +133,7 @@ class PerformerPoseCrafter(io.ComfyNode):
     @classmethod
     def execute(cls, pipe, training_images, training_poses, target_poses, steps, cfg, seed, prompt, select_frame, invert,
                 insert_key_frame, edit_latents, edit_step, decode_chunk) -> io.NodeOutput:
+        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.pose.sequence import draw
         from ..models.posecrafter.inference import PoseCrafterSettings, draw_edit_boxes, posecrafter
         from ..models.sampling.sampler import decode_latents

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ._common import CATEGORY, FLOW, PIPE, REFERENCE, Progress, preview
+from ._common import CATEGORY, FLOW, PIPE, REFERENCE, Progress, preview, use_pipe
 
 CAT = f"{CATEGORY}/refine"
 
@@ -36,6 +36,7 @@ class PerformerRefineIVR(io.ComfyNode):
     @classmethod
     def execute(cls, pipe, reference, video, total_steps, refresh_every, strength_start, strength_end, flow_weight, steps, cfg,
                 prompt, seed, init_from_reference, skeleton=None, smplx=None, flow=None) -> io.NodeOutput:
+        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.errors import BadInputError
         from ..models.refine.ivr import IVRConfig, LoopSettings, refine_loop
         from ..models.sampling.sampler import VideoSettings, decode_latents, encode_video, sample_video

@@ -131,6 +131,63 @@ def test_same_seed_gives_identical_outputs(host):
     assert len(a) == 4 and a == b
 
 
+def test_same_seed_same_bytes_for_every_scheduler_also_after_other_nodes_reseeded(host):
+    """Every scheduler of Sampler Options (the stochastic euler_a included) gives byte-identical frames for the same seed,
+    also when another graph ran in between: core's KSampler reseeds torch's global RNG (``prepare_noise`` calls
+    ``torch.manual_seed``) and draws from it, which changed euler_a's frames before the pack drew its steps from the
+    run's own seeded generator."""
+    from performer_pkg.models.sampling.sampler import SD15_SCHEDULERS
+
+    api = load_api("performer_animatediff_reference_controlnet")
+    for k in ("11", "12"):
+        api.pop(k)
+    api["13"] = {"class_type": "SaveImage", "inputs": {"images": ["10", 0], "filename_prefix": "performer/seeds"}}
+    api["10"]["inputs"].update(seed=11, steps=4)  # pndm needs 4
+    other = load_api("performer_native_sd15_reference")
+    for i, name in enumerate(SD15_SCHEDULERS):
+        api["9"]["inputs"]["scheduler"] = name
+        runs = []
+        for between in (None, 1000 + i):
+            if between is not None:
+                other["8"]["inputs"]["seed"] = between
+                assert host.run(other, timeout=600)["status"] == "execution_success"
+            host.free()  # drop ComfyUI's output cache so the pack's graph really runs again
+            time.sleep(0.5)
+            res = host.run(api, timeout=600)
+            assert res["status"] == "execution_success", (name, res["events"][-1])
+            runs.append([host.view(f) for f in output_files(res)])
+        assert runs[0] and runs[0] == runs[1], f"{name}: the same seed gave other frames after another graph ran"
+
+
+def test_free_releases_the_pipe_and_the_next_run_gives_the_same_bytes(host):
+    """The pipe lives under ComfyUI's model management (nodes/_common.use_pipe): after a run its modules are in
+    ComfyUI's loaded-model list; after POST /free (unload models, free the node cache) no module of the pipe is alive
+    (weak references from the test-only probe node, tests/host_probe) and the list holds none of them; the next run
+    loads the pipe again and gives the same bytes."""
+    api = _sample_prompt(seed=21, frames=2)
+    api["90"] = {"class_type": "TestProbePerformerPipe", "inputs": {"pipe": ["2", 0]}}
+    api["3"]["inputs"]["pipe"] = ["90", 0]
+
+    def run():
+        res = host.run(api, timeout=600)
+        assert res["status"] == "execution_success", res["events"][-1]
+        return [host.view(f) for f in output_files(res)]
+
+    host.free()
+    first = run()
+    now = host.get("/performer_test/alive")
+    held = [w for w in now["alive"] if w.startswith("pipe")]
+    assert {"pipe", "pipe.UNetMotionModel", "pipe.AutoencoderKL", "pipe.CLIPTextModel"} <= set(held), now
+    assert now["loaded_pipe_modules"] >= 3, now  # UNet, VAE, text encoder (+ the motion adapter) are ComfyUI's
+    host.free()
+    deadline = time.time() + 60
+    while time.time() < deadline and ([w for w in now["alive"] if w.startswith("pipe")] or now["loaded_pipe_modules"]):
+        time.sleep(1)
+        now = host.get("/performer_test/alive")
+    assert not [w for w in now["alive"] if w.startswith("pipe")] and now["loaded_pipe_modules"] == 0, now
+    assert run() == first and len(first) == 2
+
+
 def test_no_network_from_host(host):
     # after all workflows above ran in the host: nothing tried to leave the machine
     log = host.netguard_log

@@ -25,7 +25,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -72,6 +72,19 @@ class Backbone:
     identity_adapter: Optional[torch.nn.Module] = None  # models.attention.identity.IdentityAdapter
     arcface: Any = None  # models.pose.face.ArcFace
     source: Dict[str, str] = field(default_factory=dict)
+    # a host's memory-manager handles per module (ComfyUI: one ModelPatcher per module, nodes/_common.use_pipe), shared
+    # by reference with every pipe derived by with_parts, so modules two pipes share have one handle
+    managed: Dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def modules(self) -> List[torch.nn.Module]:
+        """Every torch module of the pipe, once each."""
+        out, seen = [], set()
+        for m in (self.unet, self.vae, self.text_encoder, self.image_encoder, self.motion_adapter, self.controlnet,
+                  self.pose_controller, self.identity_adapter):
+            if isinstance(m, torch.nn.Module) and id(m) not in seen:
+                seen.add(id(m))
+                out.append(m)
+        return out
 
     def with_parts(self, **parts) -> "Backbone":
         src = dict(self.source)

@@ -52,6 +52,29 @@ class TestProbePerformerPatches:
         return (model,)
 
 
+class TestProbePerformerPipe:
+    """Passes a PERFORMER_PIPE through and keeps weak references to the pipe and every torch module it holds."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"pipe": ("PERFORMER_PIPE",)}}
+
+    RETURN_TYPES = ("PERFORMER_PIPE",)
+    FUNCTION = "probe"
+    CATEGORY = "testing"
+
+    def probe(self, pipe):
+        _watch("pipe", pipe)
+        for m in pipe.modules():
+            _watch(f"pipe.{type(m).__name__}", m)
+        return (pipe,)
+
+
+def _held_pipe_module(patcher) -> bool:
+    held = getattr(getattr(patcher, "model", None), "held", None)
+    return held is not None and any(ref() is held for what, ref in _REFS if what.startswith("pipe."))
+
+
 @PromptServer.instance.routes.get("/performer_test/alive")
 async def alive(request):
     import comfy.model_management as mm
@@ -59,17 +82,20 @@ async def alive(request):
 
     gc.collect()
     live = sorted({what for what, ref in _REFS if ref() is not None})
-    loaded = 0
+    loaded = loaded_pipe = 0
     for lm in list(mm.current_loaded_models):
         m = lm.model
         if m is not None and _patches(m):
             loaded += 1
+        if m is not None and _held_pipe_module(m):
+            loaded_pipe += 1
     counts = {}
     for what, ref in _REFS:
         p = ref()
         if p is not None and hasattr(p, "runs"):
             counts[what] = {k: getattr(p, k) for k in ("runs", "writes", "reads", "last_calls") if hasattr(p, k)}
-    return web.json_response({"watched": len(_REFS), "alive": live, "loaded_with_pack_patches": loaded, "counts": counts})
+    return web.json_response({"watched": len(_REFS), "alive": live, "loaded_with_pack_patches": loaded,
+                              "loaded_pipe_modules": loaded_pipe, "counts": counts})
 
 
-NODE_CLASS_MAPPINGS = {"TestProbePerformerPatches": TestProbePerformerPatches}
+NODE_CLASS_MAPPINGS = {"TestProbePerformerPatches": TestProbePerformerPatches, "TestProbePerformerPipe": TestProbePerformerPipe}
