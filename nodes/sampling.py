@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ._common import CATEGORY, OPTIONS, PIPE, REFERENCE, Progress, preview
+from ._common import CATEGORY, OPTIONS, PIPE, REFERENCE, Progress, preview, use_pipe
 
 
 class PerformerSampleVideo(io.ComfyNode):
@@ -35,6 +35,7 @@ class PerformerSampleVideo(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, prompt, negative, frames, width, height, steps, cfg, seed, decode_chunk) -> io.NodeOutput:
+        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.sampling.sampler import decode_latents, sample_text2video
 
         lat = sample_text2video(pipe, prompt, negative, frames, width, height, steps, cfg, seed, callback=Progress(steps))
@@ -45,7 +46,7 @@ class PerformerSampleVideo(io.ComfyNode):
 
 OPTION_DEFAULTS = dict(window=16, stride=8, scheduler="ddim", reference_strength=1.0, reference_uncond="auto",
                        reference_pose=True, controlnet_scale=1.0, pose_scale=1.0, image_scale=1.0, face_scale=1.0,
-                       fps=7, motion_bucket_id=127, min_cfg=1.0, beta_schedule="auto")
+                       fps=7, motion_bucket_id=127, min_cfg=1.0, beta_schedule="auto", anchor_first_frame=False)
 
 
 class PerformerSamplerOptions(io.ComfyNode):
@@ -81,6 +82,10 @@ class PerformerSamplerOptions(io.ComfyNode):
                                tooltip="AnimateDiff noise schedule: auto = the one the weights were trained with (linear betas "
                                        "with a motion module, as AnimateDiff was trained; the checkpoint's own without). "
                                        "SVD always uses its EDM schedule."),
+                io.Boolean.Input("anchor_first_frame", default=False, optional=True,
+                                 tooltip="Long videos: put frame 0 into every context window (MimicMotion's tiling), so "
+                                         "every window's temporal layers see the first frame; its output is the mean "
+                                         "over the windows. benchmarks/svd_seams.py measures the seams with and without."),
             ],
             outputs=[OPTIONS.Output(display_name="options", tooltip="The combined options, for Animate or another Sampler Options node.")],
         )
@@ -129,6 +134,7 @@ class PerformerAnimate(io.ComfyNode):
     @classmethod
     def execute(cls, pipe, reference, frames, steps, cfg, seed, denoise, prompt, negative, decode_chunk,
                 skeleton=None, smplx=None, init_latent=None, options=None) -> io.NodeOutput:
+        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.errors import BadInputError
         from ..models.sampling.sampler import VideoSettings, decode_latents, sample_video
 
@@ -151,10 +157,11 @@ class PerformerAnimate(io.ComfyNode):
                           reference_uncond=None if o["reference_uncond"] == "auto" else o["reference_uncond"],
                           reference_pose=o["reference_pose"], controlnet_scale=o["controlnet_scale"], pose_scale=o["pose_scale"],
                           image_scale=o["image_scale"], face_scale=o["face_scale"], fps=o["fps"],
-                          motion_bucket_id=o["motion_bucket_id"], min_cfg=o["min_cfg"], beta_schedule=o["beta_schedule"])
+                          motion_bucket_id=o["motion_bucket_id"], min_cfg=o["min_cfg"], beta_schedule=o["beta_schedule"],
+                          anchor_first_frame=o["anchor_first_frame"])
         from ..models.sampling.windows import plan_windows
 
-        total = len(plan_windows(frames, s.window, s.stride)) * steps
+        total = len(plan_windows(frames, s.window, s.stride, anchor=s.anchor_first_frame)) * steps
         lat = sample_video(pipe, s, reference, skeleton=skeleton, smplx=smplx, init_latents=init, callback=Progress(total))
         images = decode_latents(pipe, lat, chunk=decode_chunk, callback=Progress(frames))
         samples = (lat[0].permute(1, 0, 2, 3).float() / pipe.vae.config.scaling_factor).cpu()
@@ -179,6 +186,7 @@ class PerformerDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, latent, decode_chunk) -> io.NodeOutput:
+        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.sampling.sampler import decode_latents
 
         lat = (latent["samples"].float() * pipe.vae.config.scaling_factor).permute(1, 0, 2, 3)[None]

@@ -83,3 +83,13 @@ def test_reference_learning_smoke(tmp_path):
     r = _result(tmp_path, "reference_learning")
     for objective in ("eps", "v"):
         assert r[objective]["loss_with_reference"] > 0 and r[objective]["loss_without_reference"] > 0
+
+
+def test_svd_seams_reports_both_tilings_over_three_windows(tmp_path):
+    _run(tmp_path, "svd_seams.py", "--frames", "13", "--window", "5", "--stride", "4", "--steps", "2", "--size", "32",
+         "--seeds", "1")
+    r = _result(tmp_path, "svd_seams")
+    assert len(r["windows"]["plain"]) >= 3 and all(w[0] == 0 for w in r["windows"]["anchored"])
+    row = r["seeds"][0]
+    assert row["plain"] > 0 and row["anchored"] > 0 and row["plain_boundaries"] and row["anchored_boundaries"]
+    assert r["mean_plain"] == row["plain"] and r["mean_anchored"] == row["anchored"]

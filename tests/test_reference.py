@@ -3,6 +3,7 @@
 Every check compares against an independent computation (diffusers' own processor, an explicit
 masked attention over the concatenated [reference; target] tokens, a single-pass run) so a wrong
 implementation changes the numbers."""
+import dataclasses
 import hashlib
 import os
 
@@ -211,6 +212,30 @@ def test_windows_cover_every_frame_and_weights_sum_to_one(frames, window, stride
         assert (count > 1).any()  # overlaps exist and get blended
 
 
+@pytest.mark.parametrize("frames,window,stride", [(17, 16, 8), (64, 16, 8), (30, 12, 5), (9, 4, 4), (25, 8, 6)])
+def test_anchored_windows_hold_frame_zero_everywhere_and_still_blend_to_one(frames, window, stride):
+    wins = plan_windows(frames, window, stride, anchor=True)
+    assert len(wins) > 1 and all(w[0] == 0 and len(w) == window for w in wins)
+    assert all(0 not in w[1:] for w in wins) and all(w == sorted(w) for w in wins)
+    count, wsum = coverage(wins, frames)
+    assert count[0] == len(wins) and (count >= 1).all()
+    torch.testing.assert_close(wsum, torch.ones(frames))  # frame 0: the mean over the windows
+    assert plan_windows(8, 16, 8, anchor=True) == [list(range(8))]  # one window: nothing to anchor
+
+
+def test_anchored_svd_windows_sample_and_keep_frame_zero_in_each_call(svd):
+    from performer_pkg.models.sampling.windows import window_weights
+
+    ref = encode_reference(svd, _img(), noise_aug=0.02)
+    s = _settings(frames=7, cfg=2.5, window=4, stride=3)
+    plain = sample_video(svd, s, ref)
+    anchored = sample_video(svd, dataclasses.replace(s, anchor_first_frame=True), ref)
+    wins = plan_windows(7, 4, 3, anchor=True)
+    assert wins == [[0, 1, 2, 3], [0, 4, 5, 6]] and [float(w[0]) for w in window_weights(wins, 7)] == [0.5, 0.5]
+    assert torch.isfinite(anchored).all() and anchored.shape == plain.shape
+    assert (anchored - plain).abs().max() > 0  # other windows, another video
+
+
 def test_window_at_least_frames_equals_single_pass_and_overlaps_blend(ad):
     ref = encode_reference(ad, _img())
     single = sample_video(ad, _settings(frames=6, window=6, stride=6), ref)
@@ -360,6 +385,8 @@ def test_bad_inputs_are_clear(ad, svd, models_tree):
                      skeleton=torch.rand(5, SIZE, SIZE, 3), smplx=torch.rand(4, SIZE, SIZE, 3))
     with pytest.raises(BadInputError, match="ControlNet but no skeleton maps"):
         sample_video(backbones.with_controlnet(ad, models_tree[1]["cn_file"]), _settings(), ref)
+    with pytest.raises(BadInputError, match="pndm scheduler needs at least 4 steps"):
+        sample_video(ad, dataclasses.replace(_settings(), scheduler="pndm", steps=3), ref)
     # maps nothing would read are refused, not silently ignored
     with pytest.raises(BadInputError, match="neither a ControlNet nor a pose controller"):
         sample_video(ad, _settings(), ref, skeleton=torch.rand(4, SIZE, SIZE, 3))

@@ -159,6 +159,7 @@ class VideoSettings:
     beta_schedule: str = "auto"  # sd15: auto (the weights' own) | linear | scaled_linear ; svd: its own EDM schedule
     window: int = 16
     stride: int = 8
+    anchor_first_frame: bool = False  # frame 0 in every window (MimicMotion's tiling for long SVD videos)
     reference_strength: float = 1.0
     reference_uncond: Optional[str] = None  # None: DEFAULT_REFERENCE_UNCOND[family]
     reference_pose: bool = True  # add the reference pose's controller features in the reference pass (SCD)
@@ -177,6 +178,8 @@ SD15_SCHEDULERS = {
     "dpm++": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler", "pndm": "PNDMScheduler",
 }
 
+
+PNDM_MIN_STEPS = 4  # diffusers' PNDMScheduler.set_timesteps fails below this (its Runge–Kutta warm-up needs them)
 
 BETA_SCHEDULES = ("auto", "linear", "scaled_linear")
 
@@ -441,12 +444,15 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
         if (reference.width, reference.height) != (s.width, s.height):
             raise BadInputError(f"The reference is {reference.width}×{reference.height} but the video is {s.width}×{s.height}; "
                                 "resize the reference image to the video size.")
-    windows = plan_windows(s.frames, s.window, s.stride)
+    windows = plan_windows(s.frames, s.window, s.stride, anchor=s.anchor_first_frame)
     _check_motion_window(bb, len(windows[0]))
     weights = window_weights(windows, s.frames)
     run = _Run(bb, s, reference, skeleton, smplx)
 
     sched = make_scheduler(bb, s.scheduler, s.beta_schedule)
+    if bb.family == "sd15" and s.scheduler == "pndm" and s.steps < PNDM_MIN_STEPS:
+        raise BadInputError(f"The pndm scheduler needs at least {PNDM_MIN_STEPS} steps (its warm-up steps); got {s.steps}. "
+                            "Use more steps or another scheduler.")
     sched.set_timesteps(s.steps, device=bb.device)
     timesteps = sched.timesteps
     g = torch.Generator("cpu").manual_seed(int(s.seed))

@@ -10,6 +10,10 @@ and are normalised so the weights of each frame sum to one.  With
 The reference is not a frame of the video, so it is "in every window" by construction: its cached
 K/V (reference attention), CLIP/face tokens and, for SVD, its conditioning latent are given to each
 window's UNet call.
+
+``anchor=True`` (MimicMotion's tiling for long SVD videos) puts frame 0 into every window: the other frames are
+planned in windows of ``window - 1``, each window is ``[0] + those``, and frame 0's output is the mean over the
+windows, so every window's temporal layers see the first frame (the frame the conditioning image pins down).
 """
 from __future__ import annotations
 
@@ -20,7 +24,12 @@ import torch
 from ..errors import BadInputError
 
 
-def plan_windows(frames: int, window: int = 16, stride: int = 8) -> List[List[int]]:
+def plan_windows(frames: int, window: int = 16, stride: int = 8, anchor: bool = False) -> List[List[int]]:
+    if anchor and frames > window:
+        if window < 2:
+            raise BadInputError(f"An anchored window holds frame 0 and at least one other frame; got window={window}.")
+        rest = plan_windows(frames - 1, window - 1, min(stride, window - 1))
+        return [[0] + [i + 1 for i in w] for w in rest]
     if frames < 1:
         raise BadInputError(f"frames must be >= 1; got {frames}.")
     if window < 1 or stride < 1:
@@ -39,6 +48,9 @@ def window_weights(windows: List[List[int]], frames: int) -> List[torch.Tensor]:
     """Per-window weight vectors (len = window) such that, per frame, the weights over windows sum to 1."""
     if len(windows) == 1:
         return [torch.ones(len(windows[0]))]
+    if all(w[0] == 0 for w in windows):  # anchored: frame 0 in every window, the mean of their outputs
+        inner = window_weights([[i - 1 for i in w[1:]] for w in windows], frames - 1)
+        return [torch.cat([torch.full((1,), 1.0 / len(windows)), iw]) for iw in inner]
     raw = []
     for w in windows:
         n = len(w)
