@@ -154,12 +154,33 @@ class Progress:
         import comfy.utils
 
         self.bar = comfy.utils.ProgressBar(total)
+        self.done, self.total = 0, total
+        self.previewer = None
+        self.previews = 0  # previews sent (diagnostics / tests)
 
     def __call__(self, done: int, total: int) -> None:
         import comfy.model_management as mm
 
         mm.throw_exception_if_processing_interrupted()
+        self.done, self.total = done, total
         self.bar.update_absolute(done, total)
+
+    def with_previews(self, pipe) -> "Progress":
+        """Live latent previews for a pipe's sampling, with core's previewer (its --preview-method; latent-to-RGB
+        factors or TAESD of the SD1.5 latent space, which SVD shares), as core's KSampler shows them."""
+        import comfy.latent_formats
+        import latent_preview
+
+        self.previewer = latent_preview.get_previewer(pipe.device, comfy.latent_formats.SD15())
+        return self
+
+    def preview(self, latents) -> None:
+        """One frame (the first) of the step's predicted clean video, sent with the progress."""
+        if self.previewer is None:
+            return
+        img = self.previewer.decode_latent_to_preview_image("JPEG", latents[:1, :, 0].float())
+        self.previews += 1
+        self.bar.update_absolute(self.done, self.total, img)
 
 
 DTYPE_INPUT = dict(options=["auto", "fp32", "fp16", "bf16"], default="auto",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ._common import CATEGORY, FLOW, PIPE, REFERENCE, Progress, preview, use_pipe
+from ._common import CATEGORY, FLOW, OPTIONS, PIPE, REFERENCE, Progress, preview, use_pipe
 
 CAT = f"{CATEGORY}/refine"
 
@@ -24,6 +24,9 @@ class PerformerRefineIVR(io.ComfyNode):
                     io.Image.Input("skeleton", optional=True, tooltip="Pose maps for re-denoising."),
                     io.Image.Input("smplx", optional=True, tooltip="SMPL-X renders for re-denoising (pose controller)."),
                     FLOW.Input("flow", optional=True, tooltip="3D-aware human flow of the video (from 3D-aware Human Flow, same size)."),
+                    OPTIONS.Input("options", optional=True,
+                                  tooltip="Sampler Options for the re-generations (scheduler, windows, reference, pose and "
+                                          "identity scales, SVD settings), as for Animate."),
                     *_ivr_inputs(),
                     io.Int.Input("steps", default=25, min=1, max=500, tooltip="Sampling steps of each re-generation (scaled by strength)."),
                     io.Float.Input("cfg", default=3.5, min=0.0, max=50.0, step=0.1, tooltip="Guidance of the re-generations."),
@@ -35,11 +38,12 @@ class PerformerRefineIVR(io.ComfyNode):
 
     @classmethod
     def execute(cls, pipe, reference, video, total_steps, refresh_every, strength_start, strength_end, flow_weight, steps, cfg,
-                prompt, seed, init_from_reference, skeleton=None, smplx=None, flow=None) -> io.NodeOutput:
+                prompt, seed, init_from_reference, skeleton=None, smplx=None, flow=None, options=None) -> io.NodeOutput:
         use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.errors import BadInputError
         from ..models.refine.ivr import IVRConfig, LoopSettings, refine_loop
-        from ..models.sampling.sampler import VideoSettings, decode_latents, encode_video, sample_video
+        from ..models.sampling.sampler import decode_latents, encode_video, sample_video
+        from .sampling import video_settings
 
         Fr, H, W = video.shape[0], video.shape[1], video.shape[2]
         if (W, H) != (reference.width, reference.height):
@@ -50,8 +54,8 @@ class PerformerRefineIVR(io.ComfyNode):
         progress = Progress(total_steps)
 
         def regenerate(vs, strength, r):
-            s = VideoSettings(frames=Fr, width=W, height=H, steps=steps, cfg=cfg, seed=seed + r, prompt=prompt, denoise=strength,
-                              window=16, stride=8)
+            s = video_settings(options, frames=Fr, width=W, height=H, steps=steps, cfg=cfg, seed=seed + r, prompt=prompt,
+                               denoise=strength)
             lat = sample_video(pipe, s, reference, skeleton=skeleton, smplx=smplx, init_latents=encode_video(pipe, vs))
             return decode_latents(pipe, lat)
 

@@ -38,7 +38,8 @@ class PerformerSampleVideo(io.ComfyNode):
         use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.sampling.sampler import decode_latents, sample_text2video
 
-        lat = sample_text2video(pipe, prompt, negative, frames, width, height, steps, cfg, seed, callback=Progress(steps))
+        lat = sample_text2video(pipe, prompt, negative, frames, width, height, steps, cfg, seed,
+                                callback=Progress(steps).with_previews(pipe))
         images = decode_latents(pipe, lat, chunk=decode_chunk, callback=Progress(frames))
         samples = (lat[0].permute(1, 0, 2, 3).float() / pipe.vae.config.scaling_factor).cpu()
         return io.NodeOutput(images, {"samples": samples}, ui=preview("video", images=images, label="generated"))
@@ -47,6 +48,22 @@ class PerformerSampleVideo(io.ComfyNode):
 OPTION_DEFAULTS = dict(window=16, stride=8, scheduler="ddim", reference_strength=1.0, reference_uncond="auto",
                        reference_pose=True, controlnet_scale=1.0, pose_scale=1.0, image_scale=1.0, face_scale=1.0,
                        fps=7, motion_bucket_id=127, min_cfg=1.0, beta_schedule="auto", anchor_first_frame=False)
+
+
+def video_settings(options, **run):
+    """The pipe's VideoSettings from a Sampler Options set (defaults where none is connected) and the node's own run
+    values (frames, size, steps, cfg, seed, prompts, denoise)."""
+    from ..models.sampling.sampler import VideoSettings
+
+    o = dict(OPTION_DEFAULTS)
+    o.update(options or {})
+    return VideoSettings(**run, scheduler=o["scheduler"], window=o["window"], stride=min(o["stride"], o["window"]),
+                         reference_strength=o["reference_strength"],
+                         reference_uncond=None if o["reference_uncond"] == "auto" else o["reference_uncond"],
+                         reference_pose=o["reference_pose"], controlnet_scale=o["controlnet_scale"],
+                         pose_scale=o["pose_scale"], image_scale=o["image_scale"], face_scale=o["face_scale"], fps=o["fps"],
+                         motion_bucket_id=o["motion_bucket_id"], min_cfg=o["min_cfg"], beta_schedule=o["beta_schedule"],
+                         anchor_first_frame=o["anchor_first_frame"])
 
 
 class PerformerSamplerOptions(io.ComfyNode):
@@ -136,10 +153,8 @@ class PerformerAnimate(io.ComfyNode):
                 skeleton=None, smplx=None, init_latent=None, options=None) -> io.NodeOutput:
         use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.errors import BadInputError
-        from ..models.sampling.sampler import VideoSettings, decode_latents, sample_video
+        from ..models.sampling.sampler import decode_latents, sample_video
 
-        o = dict(OPTION_DEFAULTS)
-        o.update(options or {})
         counts = [x.shape[0] for x in (skeleton, smplx) if x is not None]
         if frames == 0:
             if not counts:
@@ -151,18 +166,13 @@ class PerformerAnimate(io.ComfyNode):
             if lat.ndim != 4:
                 raise BadInputError(f"init_latent must be a video latent (frames, 4, h, w); got shape {tuple(lat.shape)}.")
             init = (lat.float() * pipe.vae.config.scaling_factor).permute(1, 0, 2, 3)[None]
-        s = VideoSettings(frames=frames, width=reference.width, height=reference.height, steps=steps, cfg=cfg, seed=seed,
-                          prompt=prompt, negative=negative, denoise=denoise, scheduler=o["scheduler"], window=o["window"],
-                          stride=min(o["stride"], o["window"]), reference_strength=o["reference_strength"],
-                          reference_uncond=None if o["reference_uncond"] == "auto" else o["reference_uncond"],
-                          reference_pose=o["reference_pose"], controlnet_scale=o["controlnet_scale"], pose_scale=o["pose_scale"],
-                          image_scale=o["image_scale"], face_scale=o["face_scale"], fps=o["fps"],
-                          motion_bucket_id=o["motion_bucket_id"], min_cfg=o["min_cfg"], beta_schedule=o["beta_schedule"],
-                          anchor_first_frame=o["anchor_first_frame"])
+        s = video_settings(options, frames=frames, width=reference.width, height=reference.height, steps=steps, cfg=cfg,
+                           seed=seed, prompt=prompt, negative=negative, denoise=denoise)
         from ..models.sampling.windows import plan_windows
 
         total = len(plan_windows(frames, s.window, s.stride, anchor=s.anchor_first_frame)) * steps
-        lat = sample_video(pipe, s, reference, skeleton=skeleton, smplx=smplx, init_latents=init, callback=Progress(total))
+        lat = sample_video(pipe, s, reference, skeleton=skeleton, smplx=smplx, init_latents=init,
+                           callback=Progress(total).with_previews(pipe))
         images = decode_latents(pipe, lat, chunk=decode_chunk, callback=Progress(frames))
         samples = (lat[0].permute(1, 0, 2, 3).float() / pipe.vae.config.scaling_factor).cpu()
         return io.NodeOutput(images, {"samples": samples}, ui=preview("video", images=images, label="generated"))

@@ -188,6 +188,20 @@ def test_free_releases_the_pipe_and_the_next_run_gives_the_same_bytes(host):
     assert run() == first and len(first) == 2
 
 
+def test_refine_ivr_takes_sampler_options(host):
+    """Refine with IVR (the pipe's) re-generates with the Sampler Options it is given, not fixed settings: options
+    asking for pndm with the node's 3 steps reach the re-generation and get pndm's clear error there."""
+    api = load_api("performer_ivr_refine")
+    api["40"] = {"class_type": "PerformerSamplerOptions", "inputs": {"window": 16, "stride": 8, "scheduler": "pndm",
+                 "reference_strength": 1.0, "reference_uncond": "auto", "reference_pose": True, "controlnet_scale": 1.0,
+                 "pose_scale": 1.0, "image_scale": 1.0, "face_scale": 1.0, "fps": 7, "motion_bucket_id": 127, "min_cfg": 1.0}}
+    api["11"]["inputs"].update(options=["40", 0], steps=3)
+    res = host.run(api, timeout=600)
+    assert res["status"] == "execution_error"
+    err = [e for e in res["events"] if e["type"] == "execution_error"][0]["data"]
+    assert err["node_id"] == "11" and "pndm scheduler needs at least 4 steps" in err["exception_message"], err
+
+
 def test_no_network_from_host(host):
     # after all workflows above ran in the host: nothing tried to leave the machine
     log = host.netguard_log

@@ -20,7 +20,9 @@ halves, like Champ), decoupled identity attention (:mod:`.identity`), sliding wi
 (:mod:`.windows`) and ``denoise`` < 1 from ``init_latents`` (noised with the backbone's own rule:
 DDPM ``add_noise`` for SD1.5, ``x + σε`` for SVD).  CFG batches are always ``[uncond, cond]``.
 
-Every loop calls ``callback(done, total)`` once per window per step; the node layer turns it into
+Every loop calls ``callback(done, total)`` once per window per step (and, when the callback has a ``preview``
+method, ``callback.preview(latents)`` once per step with the step's predicted clean latents, (1, C, F, h, w) in the
+UNet's space, for live previews); the node layer turns it into
 progress and interruption (the callback raises to stop).  Randomness comes from a CPU generator, so
 a seed gives the same video on every run and device.  UNet processors are restored on every exit.
 """
@@ -509,8 +511,13 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
                     done += 1
                     if callback:
                         callback(done, total)
-            latents = sched.step(pred, t, latents, **step_kw).prev_sample.to(bb.dtype)
+            out = sched.step(pred, t, latents, **step_kw)
+            latents = out.prev_sample.to(bb.dtype)
             _check_finite(latents, "The sampled latent")
+            preview = getattr(callback, "preview", None)
+            if preview is not None:  # live previews: the step's predicted clean video where the scheduler gives it
+                x0 = getattr(out, "pred_original_sample", None)
+                preview(x0 if x0 is not None else latents)
     return latents
 
 
