@@ -88,3 +88,31 @@ def test_loop_regenerates_with_decreasing_strength_and_stops_with_a_video(ad):
 
     vp2, vs2, prev2, used2 = refine_loop(clean, regenerate, ls, flow=fl, cfg=IVRConfig(**SMALL), callback=cb, stop_exceptions=(_Stop,))
     assert used2 == pytest.approx([0.6]) and vp2.shape == clean.shape  # stopped during round 2: round 1's video comes back
+
+
+def test_a_tcnn_backend_encoding_is_trained_not_built_after_the_optimiser(monkeypatch):
+    """With tinycudann in use (CUDA), the hash encodings are tcnn modules. They must exist before fit_ivr makes its
+    optimiser, or their parameters are never trained (the encoding used to be built lazily in forward). tinycudann
+    and a GPU are not here, so a stand-in library with the same ``Encoding(dims, config)`` call takes its place, and the
+    device check answers as on CUDA. The wiring under test is the pack's own."""
+    import types
+
+    import torch.nn as nn
+
+    from performer_pkg.models.refine import hashgrid
+
+    class Encoding(nn.Module):  # tcnn.Encoding's call shape: (P, dims) in [0, 1] -> (P, n_levels·n_features)
+        def __init__(self, dims, config):
+            super().__init__()
+            self.params = nn.Parameter(torch.full((config["n_levels"] * config["n_features_per_level"],), 0.01))
+
+        def forward(self, x):
+            return x.mean(-1, keepdim=True) * self.params[None] + self.params[None]
+
+    monkeypatch.setattr(hashgrid, "_tcnn", lambda: types.SimpleNamespace(Encoding=Encoding))
+    monkeypatch.setattr(hashgrid.HashEncoding, "uses_tcnn_on", lambda self, device: True)
+    model = IVR(IVRConfig(**SMALL))
+    fit_ivr(model, moving_video(F=3, H=16, W=16)[0], steps=5)
+    for enc in (model.h_def, model.h_can):
+        assert isinstance(enc._tcnn_enc, Encoding)
+        assert not torch.allclose(enc._tcnn_enc.params, torch.full_like(enc._tcnn_enc.params, 0.01))  # trained

@@ -58,7 +58,22 @@ class HashEncoding(nn.Module):
         return self.levels * self.features
 
     def _use_tcnn(self, x) -> bool:
-        return self.backend in ("auto", "tcnn") and x.is_cuda and _tcnn() is not None
+        return self.uses_tcnn_on(x.device)
+
+    def uses_tcnn_on(self, device) -> bool:
+        return self.backend in ("auto", "tcnn") and torch.device(device).type == "cuda" and _tcnn() is not None
+
+    def prepare(self, device) -> "HashEncoding":
+        """Build the tcnn encoding now when it will be used on ``device``, so its parameters exist (as a submodule)
+        before an optimiser is made over ``parameters()``; built lazily in ``forward`` they would never be trained."""
+        if self._tcnn_enc is None and self.uses_tcnn_on(device):
+            self._tcnn_enc = self._make_tcnn().to(device)
+        return self
+
+    def _make_tcnn(self):
+        return _tcnn().Encoding(self.dims, {"otype": "HashGrid", "n_levels": self.levels, "n_features_per_level": self.features,
+                                            "log2_hashmap_size": int(math.log2(self.T)), "base_resolution": self.base,
+                                            "per_level_scale": self.scale})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (P, dims) in [0, 1] -> (P, levels·features)."""
@@ -89,12 +104,7 @@ class HashEncoding(nn.Module):
         return out.reshape(P, -1)
 
     def _forward_tcnn(self, x):
-        tcnn = _tcnn()
-        if self._tcnn_enc is None:
-            self._tcnn_enc = tcnn.Encoding(self.dims, {"otype": "HashGrid", "n_levels": self.levels,
-                                                       "n_features_per_level": self.features,
-                                                       "log2_hashmap_size": int(math.log2(self.T)),
-                                                       "base_resolution": self.base, "per_level_scale": self.scale}).to(x.device)
+        self.prepare(x.device)
         return self._tcnn_enc(x.clamp(0, 1)).float()
 
     def annealed(self, alpha: float) -> torch.Tensor:

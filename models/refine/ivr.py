@@ -118,6 +118,8 @@ def fit_ivr(model: IVR, video: torch.Tensor, steps: int, flow: Optional[Dict[str
     lam = cfg.flow_weight if flow_weight is None else flow_weight
     dev = next(model.parameters()).device
     vid = video.to(dev).float()
+    for enc in (model.h_def, model.h_can):  # tcnn's encodings exist before the optimiser is made (trained, not lazy)
+        enc.prepare(dev)
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-8)
     total = total_steps or steps
     g = torch.Generator().manual_seed(cfg.seed + start_step)
