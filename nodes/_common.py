@@ -147,6 +147,41 @@ def use_pipe(pipe) -> None:
     mm.load_models_gpu(patchers, force_full_load=True)
 
 
+OFFLOAD_KEY = "offload_after_use"  # in Backbone.managed: Load Backbone's memory choice, shared by the derived pipes
+
+
+def release_pipe(pipe) -> None:
+    """After a node computed with a pipe whose Load Backbone chose "offload after use": move its modules back to the
+    offload device now (ComfyUI would otherwise keep them loaded until it needs the memory)."""
+    if pipe is None or not pipe.managed.get(OFFLOAD_KEY):
+        return
+    import comfy.model_management as mm
+
+    mine = {id(p) for k, p in pipe.managed.items() if isinstance(k, int)}
+    for i in range(len(mm.current_loaded_models) - 1, -1, -1):
+        lm = mm.current_loaded_models[i]
+        if id(lm.model) in mine and lm.model_unload():
+            mm.current_loaded_models.pop(i)
+    mm.soft_empty_cache()
+
+
+def uses_pipe(execute):
+    """Decorator for a node's ``execute(cls, pipe, …)``: the pipe is loaded through ComfyUI's model management before
+    (:func:`use_pipe`) and, when its Load Backbone said so, offloaded after, also on an error or Cancel."""
+    import functools
+
+    @functools.wraps(execute)
+    def run(cls, *args, **kwargs):
+        pipe = kwargs["pipe"] if "pipe" in kwargs else args[0]
+        use_pipe(pipe)
+        try:
+            return execute(cls, *args, **kwargs)
+        finally:
+            release_pipe(pipe)
+
+    return run
+
+
 class Progress:
     """Step callback for ``models/`` loops: ComfyUI progress bar + interruption check."""
 

@@ -6,6 +6,7 @@ from comfy_api.latest import io
 from ._common import CATEGORY, DTYPE_INPUT, NONE, PIPE, comfy_tokenizer_dir, device_and_dtype, resolve, weight_choices
 
 BACKBONE_KINDS = ("checkpoints", "diffusers")
+MEMORY_CHOICES = ("keep loaded", "offload after use")
 
 
 class PerformerLoadBackbone(io.ComfyNode):
@@ -22,12 +23,16 @@ class PerformerLoadBackbone(io.ComfyNode):
                 io.Combo.Input("model", options=weight_choices(*BACKBONE_KINDS),
                                tooltip="Single file in models/checkpoints, or a diffusers folder in models/diffusers."),
                 io.Combo.Input("dtype", **DTYPE_INPUT),
+                io.Combo.Input("memory", options=list(MEMORY_CHOICES), default=MEMORY_CHOICES[0],
+                               tooltip="keep loaded: the pipe stays on the GPU after a node used it, until ComfyUI needs "
+                                       "the memory for another model (fastest); offload after use: it goes back to the "
+                                       "offload device after every node that used it (least VRAM between nodes)."),
             ],
             outputs=[PIPE.Output(display_name="pipe", tooltip="The loaded backbone; add a motion module or ControlNet with the Add nodes.")],
         )
 
     @classmethod
-    def execute(cls, model, dtype) -> io.NodeOutput:
+    def execute(cls, model, dtype, memory=MEMORY_CHOICES[0]) -> io.NodeOutput:
         from ..models.backbones.loaders import load_backbone
 
         import comfy.model_management as mm
@@ -37,7 +42,13 @@ class PerformerLoadBackbone(io.ComfyNode):
         # loaded on ComfyUI's offload device; the nodes that compute with the pipe load it onto `device` through
         # ComfyUI's model management (use_pipe). No module-level cache: ComfyUI's node cache keeps the pipe while the
         # workflow does, and "Free model and node cache" releases it.
+        from ..models.errors import BadInputError
+        from ._common import OFFLOAD_KEY
+
+        if memory not in MEMORY_CHOICES:
+            raise BadInputError(f"memory must be one of {', '.join(MEMORY_CHOICES)}; got {memory!r}.")
         bb = load_backbone(path, device=mm.unet_offload_device(), dtype=dt, tokenizer_dirs=[comfy_tokenizer_dir()])
+        bb.managed[OFFLOAD_KEY] = memory == MEMORY_CHOICES[1]
         return io.NodeOutput(bb.with_parts(device=device))
 
 

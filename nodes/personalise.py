@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ._common import CATEGORY, PIPE, POSE, Progress, preview, use_pipe
+from ._common import CATEGORY, PIPE, POSE, Progress, preview, uses_pipe
 
 CAT = f"{CATEGORY}/personalise"
 
@@ -54,9 +54,9 @@ class PerformerPersonalise(io.ComfyNode):
         )
 
     @classmethod
+    @uses_pipe  # loaded through ComfyUI's model management; offloaded after if Load Backbone says so
     def execute(cls, pipe, images, name, target, steps, lr, frames_per_step, train_pose_controller, train_vae_decoder, holdout,
                 resume, seed, poses=None) -> io.NodeOutput:
-        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         import folder_paths
 
         from ..models.errors import BadInputError
@@ -131,9 +131,9 @@ class PerformerPoseCrafter(io.ComfyNode):
         )
 
     @classmethod
+    @uses_pipe  # loaded through ComfyUI's model management; offloaded after if Load Backbone says so
     def execute(cls, pipe, training_images, training_poses, target_poses, steps, cfg, seed, prompt, select_frame, invert,
                 insert_key_frame, edit_latents, edit_step, decode_chunk) -> io.NodeOutput:
-        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.pose.sequence import draw
         from ..models.posecrafter.inference import PoseCrafterSettings, draw_edit_boxes, posecrafter
         from ..models.sampling.sampler import decode_latents

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ._common import CATEGORY, PIPE, REFERENCE, use_pipe
+from ._common import CATEGORY, PIPE, REFERENCE, uses_pipe
 
 
 class PerformerEncodeReference(io.ComfyNode):
@@ -30,8 +30,8 @@ class PerformerEncodeReference(io.ComfyNode):
         )
 
     @classmethod
+    @uses_pipe  # loaded through ComfyUI's model management; offloaded after if Load Backbone says so
     def execute(cls, pipe, image, noise_aug, face, pose=None) -> io.NodeOutput:
-        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.sampling.sampler import encode_reference
 
         return io.NodeOutput(encode_reference(pipe, image, noise_aug=noise_aug, face=face, pose=pose))

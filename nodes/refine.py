@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ._common import CATEGORY, FLOW, OPTIONS, PIPE, REFERENCE, Progress, preview, use_pipe
+from ._common import CATEGORY, FLOW, OPTIONS, PIPE, REFERENCE, Progress, preview, uses_pipe
 
 CAT = f"{CATEGORY}/refine"
 
@@ -37,9 +37,9 @@ class PerformerRefineIVR(io.ComfyNode):
         )
 
     @classmethod
+    @uses_pipe  # loaded through ComfyUI's model management; offloaded after if Load Backbone says so
     def execute(cls, pipe, reference, video, total_steps, refresh_every, strength_start, strength_end, flow_weight, steps, cfg,
                 prompt, seed, init_from_reference, skeleton=None, smplx=None, flow=None, options=None) -> io.NodeOutput:
-        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.errors import BadInputError
         from ..models.refine.ivr import IVRConfig, LoopSettings, refine_loop
         from ..models.sampling.sampler import decode_latents, encode_video, sample_video

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ._common import CATEGORY, OPTIONS, PIPE, REFERENCE, Progress, preview, use_pipe
+from ._common import CATEGORY, OPTIONS, PIPE, REFERENCE, Progress, preview, uses_pipe
 
 
 class PerformerSampleVideo(io.ComfyNode):
@@ -34,8 +34,8 @@ class PerformerSampleVideo(io.ComfyNode):
         )
 
     @classmethod
+    @uses_pipe  # loaded through ComfyUI's model management; offloaded after if Load Backbone says so
     def execute(cls, pipe, prompt, negative, frames, width, height, steps, cfg, seed, decode_chunk) -> io.NodeOutput:
-        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.sampling.sampler import decode_latents, sample_text2video
 
         lat = sample_text2video(pipe, prompt, negative, frames, width, height, steps, cfg, seed,
@@ -149,9 +149,9 @@ class PerformerAnimate(io.ComfyNode):
         )
 
     @classmethod
+    @uses_pipe  # loaded through ComfyUI's model management; offloaded after if Load Backbone says so
     def execute(cls, pipe, reference, frames, steps, cfg, seed, denoise, prompt, negative, decode_chunk,
                 skeleton=None, smplx=None, init_latent=None, options=None) -> io.NodeOutput:
-        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.errors import BadInputError
         from ..models.sampling.sampler import decode_latents, sample_video
 
@@ -195,8 +195,8 @@ class PerformerDecode(io.ComfyNode):
         )
 
     @classmethod
+    @uses_pipe  # loaded through ComfyUI's model management; offloaded after if Load Backbone says so
     def execute(cls, pipe, latent, decode_chunk) -> io.NodeOutput:
-        use_pipe(pipe)  # under ComfyUI's model management: loaded here, offloadable, freed by /free
         from ..models.sampling.sampler import decode_latents
 
         lat = (latent["samples"].float() * pipe.vae.config.scaling_factor).permute(1, 0, 2, 3)[None]

@@ -188,6 +188,34 @@ def test_free_releases_the_pipe_and_the_next_run_gives_the_same_bytes(host):
     assert run() == first and len(first) == 2
 
 
+def test_offload_after_use_leaves_the_pipe_alive_but_not_loaded_and_gives_the_same_frames(host):
+    """Load Backbone's memory choice: with "offload after use" the pipe's modules are back off ComfyUI's loaded-model
+    list after the node that used them (the pipe itself stays in ComfyUI's cache), and the frames' pixels are the same
+    bytes as with "keep loaded" (the PNG files differ only in the prompt they embed)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def run(memory):
+        api = _sample_prompt(seed=23, frames=2)
+        api["1"]["inputs"]["memory"] = memory
+        api["90"] = {"class_type": "TestProbePerformerPipe", "inputs": {"pipe": ["2", 0]}}
+        api["3"]["inputs"]["pipe"] = ["90", 0]
+        host.free()
+        time.sleep(0.5)
+        res = host.run(api, timeout=600)
+        assert res["status"] == "execution_success", res["events"][-1]
+        pixels = [np.asarray(Image.open(io.BytesIO(host.view(f)))).tobytes() for f in output_files(res)]
+        return pixels, host.get("/performer_test/alive")
+
+    kept, now = run("keep loaded")
+    assert now["loaded_pipe_modules"] >= 3, now
+    offloaded, now = run("offload after use")
+    assert "pipe" in now["alive"] and now["loaded_pipe_modules"] == 0, now
+    assert offloaded == kept and len(kept) == 2
+
+
 def test_refine_ivr_takes_sampler_options(host):
     """Refine with IVR (the pipe's) re-generates with the Sampler Options it is given, not fixed settings: options
     asking for pndm with the node's 3 steps reach the re-generation and get pndm's clear error there."""
