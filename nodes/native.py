@@ -564,6 +564,187 @@ def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, f
     return m, patch
 
 
+class KeyframePatch:
+    """Key-frame attention (ControlVideo / PoseCrafter) on a core MODEL: in every spatial self-attention layer each
+    frame's keys/values come from the key frame (:func:`models.attention.maths.keyframe_kv`, the pipe's maths), as an
+    ``attn1_patch`` on the layer's input.  The key/value projections are per token, so replacing the rows there
+    equals replacing the projected keys/values, and the patch composes with any ``attn1`` replacement (Apply Causal
+    Reference reads ``[reference, key frame]`` as the pipe does).  The causal reference's write pass is left alone."""
+
+    def __init__(self, keyframe: int, start_percent: float, end_percent: float):
+        self.keyframe, self.start_percent, self.end_percent = int(keyframe), float(start_percent), float(end_percent)
+        self.sigma_range: Optional[Tuple[float, float]] = None
+        self.applied = 0  # layer calls that read the key frame (diagnostics / tests)
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def outer_sample(self, executor, *args, **kwargs):
+        ms = executor.class_obj.model_patcher.get_model_object("model_sampling")
+        self.sigma_range = _sigma_range(ms, self.start_percent, self.end_percent)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.sigma_range = None
+
+    def attn1_patch(self, n, context, value, extra_options):
+        from ..models.attention import maths as AM
+        from ..models.errors import BadInputError
+
+        if extra_options.get(REFERENCE_PASS) or not CausalReferencePatch._spatial(n, extra_options) \
+                or not _in_range(self.sigma_range, extra_options.get("sigmas")):
+            return n, context, value
+        halves = max(len(extra_options.get("cond_or_uncond", [0])), 1)
+        frames = n.shape[0] // halves
+        if frames < 2:
+            return n, context, value
+        idx = frame_indices(extra_options, frames)
+        if self.keyframe not in idx:
+            raise BadInputError(f"Apply Key-frame Attention: key frame {self.keyframe} is not among the frames this "
+                                f"model call samples ({idx[0]}…{idx[-1]}): with context windows every window must "
+                                "hold the key frame; use one window or key frame 0 with windows that keep it.")
+        pos = idx.index(self.keyframe)
+        self.applied += 1
+        if value is context:
+            k, _ = AM.keyframe_kv(context, context, frames, pos)
+            return n, k, k
+        k, v = AM.keyframe_kv(context, value, frames, pos)
+        return n, k, v
+
+
+def apply_keyframe_attention(model, keyframe: int = 0, start_percent: float = 0.0, end_percent: float = 1.0):
+    """A clone of core ``model`` (SD1.5 family) whose spatial self-attention reads the key frame's keys/values in
+    every frame. Returns (clone, patch)."""
+    import comfy.patcher_extension as pe
+
+    from ..models.errors import BadInputError
+
+    dm = getattr(model.model, "diffusion_model", None)
+    if dm is None or not hasattr(dm, "input_blocks"):
+        raise BadInputError(f"Apply Key-frame Attention supports UNet models (SD1.5 family); this MODEL is "
+                            f"{type(model.model).__name__}.")
+    if keyframe < 0:
+        raise BadInputError(f"keyframe must be >= 0; got {keyframe}.")
+    _check_percents(start_percent, end_percent)
+    if KEYFRAME_KEY in model.wrappers.get(pe.WrappersMP.OUTER_SAMPLE, {}):
+        raise BadInputError("This MODEL already has Apply Key-frame Attention; apply it once.")
+    patch = KeyframePatch(keyframe, start_percent, end_percent)
+    m = model.clone()
+    m.set_model_attn1_patch(patch.attn1_patch)
+    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEYFRAME_KEY, patch.outer_sample)
+    return m, patch
+
+
+class LatentEditPatch:
+    """PoseCrafter's latent affine editing at a chosen sampling step, on a core MODEL: a ``SAMPLER_SAMPLE`` wrapper runs
+    the sampler to step ``k``, pastes the warped inverted reference latent into each frame's face and hand boxes
+    (:func:`models.posecrafter.editing.edit_latents`, the pipe's function) and runs the rest from there (the same
+    split as two KSampler (Advanced) nodes; exact for deterministic samplers).  The pipe edits the model's input
+    variables (√ᾱ-scaled), so the source, given at the run's first σ, is rescaled to step ``k``'s σ the same way."""
+
+    def __init__(self, source: torch.Tensor, ref_landmarks: dict, target_landmarks: list, pose_size: Tuple[int, int],
+                 step: int, margin: float):
+        self.source = source  # (1, C, h, w) LATENT space, the inverted reference at the run's first σ
+        self.ref_landmarks, self.target_landmarks = ref_landmarks, target_landmarks
+        self.pose_size, self.step, self.margin = pose_size, int(step), float(margin)
+        self.reports: list = []
+        self.boxes: list = []
+        self.runs = 0
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def _edit(self, x, model_wrap, sigma_0, sigma_k):
+        from ..models.errors import BadInputError
+        from ..models.posecrafter.editing import edit_latents
+
+        frames, _, h, w = x.shape
+        if len(self.target_landmarks) != frames:
+            raise BadInputError(f"Apply Latent Edit: target_poses has {len(self.target_landmarks)} frames but the "
+                                f"sampled latent has {frames}.")
+        base = model_wrap.inner_model
+        src = base.process_latent_in(self.source.to(x.device, torch.float32))
+        if tuple(src.shape[-2:]) != (h, w):
+            raise BadInputError(f"Apply Latent Edit: the source latent is {tuple(src.shape[-2:])} but the video latent is "
+                                f"{(h, w)}.")
+        ms = base.model_sampling
+        one = torch.ones(1, 1, 1, 1, device=x.device)
+        ratio = ms.calculate_input(sigma_0.reshape(1).to(x.device), one) / ms.calculate_input(sigma_k.reshape(1).to(x.device), one)
+        pw, ph = self.pose_size
+        f = pw / w  # pose-canvas pixels per latent cell
+        sy = (h * f) / ph
+        scale = lambda lm: {r: a * np.array([1.0, sy, 1.0], np.float32) for r, a in lm.items()}  # noqa: E731
+        edited, reps, boxes = edit_latents(x.permute(1, 0, 2, 3)[None].float(), (src[0] * ratio.flatten()[0]).float(),
+                                           scale(self.ref_landmarks), [scale(t) for t in self.target_landmarks], f,
+                                           margin=self.margin)
+        self.reports, self.boxes = reps, boxes
+        return edited[0].permute(1, 0, 2, 3).to(x.dtype)
+
+    def sampler_sample(self, executor, model_wrap, sigmas, extra_args, callback, noise, latent_image=None,
+                       denoise_mask=None, disable_pbar=False):
+        from ..models.errors import BadInputError
+
+        steps = len(sigmas) - 1
+        k = self.step
+        if not 0 <= k < steps:
+            raise BadInputError(f"Apply Latent Edit: edit_step is {k} but this sampler runs {steps} steps; the edit "
+                                f"would never happen. Use an edit_step between 0 and {steps - 1}.")
+        self.runs += 1
+        ms = model_wrap.inner_model.model_sampling
+        zeros = torch.zeros_like(noise)
+        if k == 0:  # the start latent as the sampler would make it, edited, then sampled from as it is
+            x = ms.noise_scaling(sigmas[0], noise, latent_image, executor.class_obj.max_denoise(model_wrap, sigmas))
+        else:
+            cb1 = None if callback is None else (lambda i, d, x_, t: callback(i, d, x_, steps))
+            x = executor(model_wrap, sigmas[:k + 1], extra_args, cb1, noise, latent_image, denoise_mask, disable_pbar)
+        x = self._edit(x, model_wrap, sigmas[0], sigmas[k])
+        cb2 = None if callback is None else (lambda i, d, x_, t: callback(i + k, d, x_, steps))
+        return executor(model_wrap, sigmas[k:], extra_args, cb2, zeros, x, denoise_mask, disable_pbar)
+
+
+def pose_landmarks(pose, frame: int) -> dict:
+    """Face and hand landmarks of one frame of a PERFORMER_POSE, in its canvas pixels (confidence 0 = not visible)."""
+    from ..models.pose.sequence import landmarks
+
+    return {r: landmarks(pose, r, frame).copy() for r in ("face", "left_hand", "right_hand")}
+
+
+def apply_latent_edit(model, source: torch.Tensor, reference_pose, reference_frame: int, target_poses, edit_step: int = 0,
+                      margin: float = 4.0, edit_first_frame: bool = True):
+    """A clone of core ``model`` whose sampling runs PoseCrafter's latent editing at step ``edit_step``.
+    ``source``: LATENT samples (1, C, h, w) of the inverted reference frame at the run's first σ. Returns (clone, patch)."""
+    import comfy.model_sampling
+    import comfy.patcher_extension as pe
+
+    from ..models.errors import BadInputError
+
+    ms = model.get_model_object("model_sampling")
+    if not isinstance(ms, comfy.model_sampling.EPS) or isinstance(ms, comfy.model_sampling.CONST):
+        raise BadInputError(f"Apply Latent Edit supports ε- and v-prediction models (SD1.5 family); this MODEL samples "
+                            f"with {type(ms).__name__}.")
+    if source.ndim != 4 or source.shape[0] != 1:
+        raise BadInputError(f"source: expected the latent of one frame (1, C, h, w); got {tuple(source.shape)}.")
+    if edit_step < 0 or margin < 0:
+        raise BadInputError(f"edit_step and margin must be >= 0; got {edit_step}, {margin}.")
+    if (reference_pose.width, reference_pose.height) != (target_poses.width, target_poses.height):
+        raise BadInputError(f"reference_pose is on a {reference_pose.width}×{reference_pose.height} canvas but "
+                            f"target_poses on {target_poses.width}×{target_poses.height}; draw both at the video size.")
+    if LATENT_EDIT_KEY in model.wrappers.get(pe.WrappersMP.SAMPLER_SAMPLE, {}):
+        raise BadInputError("This MODEL already has Apply Latent Edit; apply it once.")
+    ref = pose_landmarks(reference_pose, reference_frame)
+    if not any((a[:, 2] > 0).sum() >= 3 for a in ref.values()):
+        raise BadInputError(f"reference_pose frame {reference_frame} has no face or hand with 3 visible landmarks; "
+                            "the edit would do nothing. Use a whole-body pose (face and hands).")
+    tgt = [pose_landmarks(target_poses, i) for i in range(target_poses.frames)]
+    if not edit_first_frame:
+        tgt[0] = {r: np.zeros((1, 3), np.float32) for r in tgt[0]}
+    patch = LatentEditPatch(source.detach().to("cpu", torch.float32), ref, tgt,
+                            (target_poses.width, target_poses.height), edit_step, margin)
+    m = model.clone()
+    m.add_wrapper_with_key(pe.WrappersMP.SAMPLER_SAMPLE, LATENT_EDIT_KEY, patch.sampler_sample)
+    return m, patch
+
+
 def _model_io():
     return (io.Model.Input("model", tooltip="The model to patch (a copy is returned)."),
             io.Model.Output(display_name="model", tooltip="The patched copy of the model."))
