@@ -147,17 +147,15 @@ def use_pipe(pipe) -> None:
     mm.load_models_gpu(patchers, force_full_load=True)
 
 
-OFFLOAD_KEY = "offload_after_use"  # in Backbone.managed: Load Backbone's memory choice, shared by the derived pipes
-
-
 def release_pipe(pipe) -> None:
-    """After a node computed with a pipe whose Load Backbone chose "offload after use": move its modules back to the
-    offload device now (ComfyUI would otherwise keep them loaded until it needs the memory)."""
-    if pipe is None or not pipe.managed.get(OFFLOAD_KEY):
+    """After a node computed with a pipe whose Load Backbone chose "offload after use" (``pipe.offload_after_use``):
+    move its modules back to the offload device now (ComfyUI would otherwise keep them loaded until it needs the
+    memory)."""
+    if pipe is None or not pipe.offload_after_use:
         return
     import comfy.model_management as mm
 
-    mine = {id(p) for k, p in pipe.managed.items() if isinstance(k, int)}
+    mine = {id(p) for p in pipe.managed.values()}
     for i in range(len(mm.current_loaded_models) - 1, -1, -1):
         lm = mm.current_loaded_models[i]
         if id(lm.model) in mine and lm.model_unload():

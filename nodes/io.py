@@ -43,13 +43,11 @@ class PerformerLoadBackbone(io.ComfyNode):
         # ComfyUI's model management (use_pipe). No module-level cache: ComfyUI's node cache keeps the pipe while the
         # workflow does, and "Free model and node cache" releases it.
         from ..models.errors import BadInputError
-        from ._common import OFFLOAD_KEY
 
         if memory not in MEMORY_CHOICES:
             raise BadInputError(f"memory must be one of {', '.join(MEMORY_CHOICES)}; got {memory!r}.")
         bb = load_backbone(path, device=mm.unet_offload_device(), dtype=dt, tokenizer_dirs=[comfy_tokenizer_dir()])
-        bb.managed[OFFLOAD_KEY] = memory == MEMORY_CHOICES[1]
-        return io.NodeOutput(bb.with_parts(device=device))
+        return io.NodeOutput(bb.with_parts(device=device, offload_after_use=memory == MEMORY_CHOICES[1]))
 
 
 class PerformerAddMotionModule(io.ComfyNode):

@@ -432,7 +432,30 @@ def temporal_cross_attention_keys(diffusion_model) -> Dict[Tuple, str]:
             for k, n in cross_attention_keys(diffusion_model).items() if k[:2] in video}
 
 
-class IdentityPatch:
+class _RunRangePatch:
+    """Base of the patches that act between start_percent and end_percent of each sampling run: ``OUTER_SAMPLE`` sets
+    the run's σ range and clears it when the run ends (also on error and interrupt); :meth:`active` tests a call."""
+
+    def __init__(self, start_percent: float, end_percent: float):
+        self.start_percent, self.end_percent = float(start_percent), float(end_percent)
+        self.sigma_range: Optional[Tuple[float, float]] = None
+
+    def __deepcopy__(self, memo):
+        return self  # settings + state only a running sampler touches: shared, not copied, with the options
+
+    def outer_sample(self, executor, *args, **kwargs):
+        ms = executor.class_obj.model_patcher.get_model_object("model_sampling")
+        self.sigma_range = _sigma_range(ms, self.start_percent, self.end_percent)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.sigma_range = None
+
+    def active(self, extra_options) -> bool:
+        return _in_range(self.sigma_range, extra_options.get("sigmas"))
+
+
+class IdentityPatch(_RunRangePatch):
     """Decoupled cross-attention (IP-Adapter / VividPose) as ``attn2`` replacements on a core MODEL: the layer's own
     cross-attention plus, per token kind, a scaled attention over that kind's keys/values, which are projected once
     here (conditional tokens from the embeddings, unconditional ones from zero embeddings, as in the pipe), so the
@@ -441,20 +464,11 @@ class IdentityPatch:
     def __init__(self, kv: Dict[Tuple, list], scales: Tuple[float, float], start_percent: float, end_percent: float,
                  kv_temporal: Optional[Dict[Tuple, list]] = None):
         self.kv = kv  # core key → [(k_cond, v_cond, k_uncond, v_uncond, kind)], each (1, tokens, c) on the CPU
+        super().__init__(start_percent, end_percent)
         self.kv_temporal = kv_temporal or {}  # SVD: the same for the temporal block under that key
         self.temporal_reads = 0
         self.scales = {"image": float(scales[0]), "face": float(scales[1])}
-        self.start_percent, self.end_percent = float(start_percent), float(end_percent)
-        self.sigma_range: Optional[Tuple[float, float]] = None
         self.reads = 0
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def outer_sample(self, executor, *args, **kwargs):
-        ms = executor.class_obj.model_patcher.get_model_object("model_sampling")
-        self.sigma_range = _sigma_range(ms, self.start_percent, self.end_percent)
-        return executor(*args, **kwargs)
 
     def attn2(self, q, k, v, extra_options):
         from comfy.ldm.modules.attention import optimized_attention
@@ -466,7 +480,7 @@ class IdentityPatch:
         def attend(q_, k_, v_, h_):
             return optimized_attention(q_, k_, v_, h_, attn_precision=prec)
 
-        if not _in_range(self.sigma_range, extra_options.get("sigmas")):
+        if not self.active(extra_options):
             return attend(q, k, v, heads)
         key = (*extra_options["block"], extra_options.get("block_index", 0))
         spatial = CausalReferencePatch._spatial(q, extra_options)
@@ -564,7 +578,7 @@ def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, f
     return m, patch
 
 
-class KeyframePatch:
+class KeyframePatch(_RunRangePatch):
     """Key-frame attention (ControlVideo / PoseCrafter) on a core MODEL: in every spatial self-attention layer each
     frame's keys/values come from the key frame (:func:`models.attention.maths.keyframe_kv`, the pipe's maths), as an
     ``attn1_patch`` on the layer's input.  The key/value projections are per token, so replacing the rows there
@@ -572,27 +586,16 @@ class KeyframePatch:
     Reference reads ``[reference, key frame]`` as the pipe does).  The causal reference's write pass is left alone."""
 
     def __init__(self, keyframe: int, start_percent: float, end_percent: float):
-        self.keyframe, self.start_percent, self.end_percent = int(keyframe), float(start_percent), float(end_percent)
-        self.sigma_range: Optional[Tuple[float, float]] = None
+        super().__init__(start_percent, end_percent)
+        self.keyframe = int(keyframe)
         self.applied = 0  # layer calls that read the key frame (diagnostics / tests)
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def outer_sample(self, executor, *args, **kwargs):
-        ms = executor.class_obj.model_patcher.get_model_object("model_sampling")
-        self.sigma_range = _sigma_range(ms, self.start_percent, self.end_percent)
-        try:
-            return executor(*args, **kwargs)
-        finally:
-            self.sigma_range = None
 
     def attn1_patch(self, n, context, value, extra_options):
         from ..models.attention import maths as AM
         from ..models.errors import BadInputError
 
         if extra_options.get(REFERENCE_PASS) or not CausalReferencePatch._spatial(n, extra_options) \
-                or not _in_range(self.sigma_range, extra_options.get("sigmas")):
+                or not self.active(extra_options):
             return n, context, value
         halves = max(len(extra_options.get("cond_or_uncond", [0])), 1)
         frames = n.shape[0] // halves

@@ -88,6 +88,15 @@ def _sample_prompt(**overrides):
     return api
 
 
+def _probed_sample_prompt(seed):
+    """The 2-frame text-to-video graph with the test-only pipe probe (tests/host_probe) between the motion module and
+    Sample Video."""
+    api = _sample_prompt(seed=seed, frames=2)
+    api["90"] = {"class_type": "TestProbePerformerPipe", "inputs": {"pipe": ["2", 0]}}
+    api["3"]["inputs"]["pipe"] = ["90", 0]
+    return api
+
+
 def test_node_error_arrives_as_execution_error(host):
     prompt = _sample_prompt()
     prompt["1"]["inputs"]["model"] = "tiny_svd"  # an SVD diffusers folder cannot take an AnimateDiff motion module
@@ -164,9 +173,7 @@ def test_free_releases_the_pipe_and_the_next_run_gives_the_same_bytes(host):
     ComfyUI's loaded-model list; after POST /free (unload models, free the node cache) no module of the pipe is alive
     (weak references from the test-only probe node, tests/host_probe) and the list holds none of them; the next run
     loads the pipe again and gives the same bytes."""
-    api = _sample_prompt(seed=21, frames=2)
-    api["90"] = {"class_type": "TestProbePerformerPipe", "inputs": {"pipe": ["2", 0]}}
-    api["3"]["inputs"]["pipe"] = ["90", 0]
+    api = _probed_sample_prompt(seed=21)
 
     def run():
         res = host.run(api, timeout=600)
@@ -198,10 +205,8 @@ def test_offload_after_use_leaves_the_pipe_alive_but_not_loaded_and_gives_the_sa
     from PIL import Image
 
     def run(memory):
-        api = _sample_prompt(seed=23, frames=2)
+        api = _probed_sample_prompt(seed=23)
         api["1"]["inputs"]["memory"] = memory
-        api["90"] = {"class_type": "TestProbePerformerPipe", "inputs": {"pipe": ["2", 0]}}
-        api["3"]["inputs"]["pipe"] = ["90", 0]
         host.free()
         time.sleep(0.5)
         res = host.run(api, timeout=600)

@@ -75,6 +75,7 @@ class Backbone:
     # a host's memory-manager handles per module (ComfyUI: one ModelPatcher per module, nodes/_common.use_pipe), shared
     # by reference with every pipe derived by with_parts, so modules two pipes share have one handle
     managed: Dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
+    offload_after_use: bool = False  # the host moves the pipe off its device after each use (Load Backbone's choice)
 
     def modules(self) -> List[torch.nn.Module]:
         """Every torch module of the pipe, once each."""
