@@ -1,7 +1,7 @@
 """Half precision on the CPU (issue 18): the tiny AnimateDiff pipe loaded in bf16 samples, personalises and fine-tunes
 its VAE decoder.  Personalisation keeps fp32 master weights of the trained tensors (AdamW in fp32, forward under bf16
 autocast): at ControlVideo's learning rate (3e-5) each step's update is far below bf16's spacing at the weights' size
-(≈ 2⁻⁸·|w|), so without master weights the stored weights would not move at all."""
+(≈ 2⁻⁸·|w|), so without master weights most of the stored weights would not move."""
 import os
 
 import pytest
