@@ -250,9 +250,13 @@ def apply_causal_reference(model, latent: torch.Tensor, strength: float = 1.0, u
     if strength < 0:
         raise BadInputError(f"strength must be >= 0; got {strength}.")
     _check_percents(start_percent, end_percent)
+    from .native_wan import apply_wan_causal_reference, wan_diffusion_model
+
+    if wan_diffusion_model(model) is not None:
+        return apply_wan_causal_reference(model, latent, strength, uncond, start_percent, end_percent)
     dm = getattr(model.model, "diffusion_model", None)
     if dm is None or not hasattr(dm, "input_blocks"):
-        raise BadInputError(f"Apply Causal Reference supports UNet models (SD1.5 family, SVD); this MODEL is "
+        raise BadInputError(f"Apply Causal Reference supports UNet models (SD1.5 family, SVD) and Wan 2.x; this MODEL is "
                             f"{type(model.model).__name__}.")
     keys = spatial_self_attention_keys(dm)
     if not keys:

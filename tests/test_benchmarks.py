@@ -71,6 +71,21 @@ def test_native_reference_overhead_counts_one_pass_per_run(tmp_path):
     assert r["attention_kernel"] == "attention_pytorch"
 
 
+def test_native_wan_reference_overhead_counts_one_pass_per_run(tmp_path):
+    _run(tmp_path, "native_wan_reference_overhead.py", "--frames", "2", "--latent", "8", "--steps", "2", "--layers", "1",
+         "--repeats", "1")
+    r = _result(tmp_path, "native_wan_reference_overhead")
+    assert r["reference_passes_per_run"] == 1.0 and r["runs"] == 2 and r["tokens"] == 2 * 16
+    assert r["ratio"] == pytest.approx(r["reference_s"] / r["plain_s"], abs=0.001 * (1 + r["ratio"]) / r["plain_s"] + 1e-3)
+
+
+def test_gpu_wan_realsize_tiny_smoke(tmp_path):
+    _run(tmp_path, "gpu_wan_realsize.py", "--tiny")
+    r = _result(tmp_path, "gpu_wan_realsize_tiny")
+    assert r["device"] == "cpu" and r["tiny"] and r["latent"] == [3, 4, 8] and r["reference_passes_per_run"] == 1.0
+    assert r["reference_ratio"] == round(r["results"]["reference"]["seconds"] / r["results"]["plain"]["seconds"], 3)
+
+
 def test_reference_effect_smoke(tmp_path):
     _run(tmp_path, "reference_effect.py", "--frames", "2", "--steps", "2")
     r = _result(tmp_path, "reference_effect")

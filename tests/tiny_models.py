@@ -652,3 +652,60 @@ def add_demo_models(root: str) -> None:
     os.makedirs(os.path.join(root, "performer", "adapters"), exist_ok=True)
     shutil.copy(os.path.join(DEMO_MODELS, "pose_controller.safetensors"),
                 os.path.join(root, "performer", "adapters", "performer_demo_pose_controller.safetensors"))
+
+
+# ----------------------------------------------------------------------------- Wan 2.x (core's own classes)
+# Core detects a Wan DiT from its state dict at any width that is a multiple of 128 (one head per 128 channels), so
+# these load through core's own loaders (UNETLoader / ``comfy.sd.load_diffusion_model_state_dict``) like real files.
+# The text width stays Wan's 4096 (core does not read it from the file); the text encoder itself (umt5-xxl) has a
+# fixed real-size architecture in core, so tests give the DiT text embeddings directly (``wan_text``).
+WAN = dict(dim=128, ffn_dim=256, num_layers=2, text_dim=4096, out_dim=16)
+WAN_VAE_DIM = 8  # core reads the Wan 2.1 VAE's base width from ``decoder.head.0.gamma``
+
+
+def wan_dit_state(seed: int = 61, model_type: str = "t2v", **over) -> Dict[str, torch.Tensor]:
+    """A Wan 2.1 DiT state dict in core's (and the released files') key layout: ``t2v``, ``i2v`` (36 input channels +
+    the CLIP-vision projection) or ``animate`` (Wan-Animate: pose patch embedding, face adapter, motion encoder; needs
+    at least 5 layers for one face-adapter layer).  Random weights, fp16."""
+    ensure_comfy_importable()
+    import comfy.ops
+    from comfy.ldm.wan.model import WanModel
+    from comfy.ldm.wan.model_animate import AnimateWanModel
+
+    cfg = {**WAN, **over}
+    cls, kw = WanModel, dict(model_type=model_type, in_dim=16)
+    if model_type == "i2v":
+        kw["in_dim"] = 36
+    elif model_type == "animate":
+        cls, kw = AnimateWanModel, dict(in_dim=36)
+        cfg["num_layers"] = max(cfg["num_layers"], 5)
+    m = cls(num_heads=cfg["dim"] // 128, device="meta", operations=comfy.ops.disable_weight_init, **cfg, **kw)
+    sd = _random_state(m, seed)
+    if model_type == "animate":  # core's detection needs the face adapter's first block
+        assert "face_adapter.fuser_blocks.0.k_norm.weight" in sd
+    return sd
+
+
+def core_wan_patcher(seed: int = 61, model_type: str = "t2v", **over):
+    """Core's Wan model (``comfy.model_base.WAN21`` through core's own detection and loader) in float32 on the CPU."""
+    ensure_comfy_importable()
+    import comfy.sd
+
+    sd = {k: v.float() for k, v in wan_dit_state(seed, model_type, **over).items()}
+    return comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": torch.float32})
+
+
+def wan_text(seed: int = 62, tokens: int = 8) -> torch.Tensor:
+    """Stand-in umt5 text embeddings (1, tokens, 4096) for the tiny DiT."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((1, tokens, WAN["text_dim"]), generator=g)
+
+
+def wan_vae_state(seed: int = 63, dim: int = WAN_VAE_DIM) -> Dict[str, torch.Tensor]:
+    """A Wan 2.1 VAE state dict (core's ``comfy.ldm.wan.vae.WanVAE``, the released file's keys) at base width ``dim``."""
+    ensure_comfy_importable()
+    from comfy.ldm.wan.vae import WanVAE
+
+    vae = WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                 temperal_downsample=[False, True, True], dropout=0.0)
+    return _random_state(vae, seed)
