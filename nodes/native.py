@@ -367,6 +367,10 @@ def apply_pose_guidance(model, controller, skeleton=None, smplx=None, reference_
 
     from ..models.errors import BadInputError
 
+    if not hasattr(getattr(model.model, "diffusion_model", None), "input_blocks"):
+        raise BadInputError(f"Apply Pose Guidance supports UNet models (SD1.5 family, SVD); this MODEL is "
+                            f"{type(model.model).__name__}. For Wan 2.2 Animate, connect the skeleton maps to "
+                            "WanAnimateToVideo's pose_video.")
     if skeleton is None and smplx is None:
         raise BadInputError("Apply Pose Guidance needs skeleton maps, SMPL-X renders or both; neither is connected.")
     kinds = [k for k, v in (("skeleton", skeleton), ("smplx", smplx)) if v is not None]

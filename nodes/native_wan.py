@@ -110,8 +110,10 @@ class WanCausalReferencePatch(CausalReferencePatch):
         return {**topts, "optimized_attention_override": override}
 
     def _self_attention(self, index, func, outer, q, k, v, *a, **kw):
-        heads = kw.pop("heads") if "heads" in kw else a[0]
-        a = a[1:] if "heads" not in kw and a else a
+        if "heads" in kw:
+            heads = kw.pop("heads")
+        else:
+            heads, a = a[0], a[1:]
 
         def attend(q_, k_, v_, h_, bias=None):
             kk = dict(kw)

@@ -124,6 +124,69 @@ class PerformerCleanPose(io.ComfyNode):
         return io.NodeOutput(out, ui=preview("pose", pose=out))
 
 
+class PerformerPoseFrames(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerPoseFrames", display_name="Pose Frames (range, 4k+1) 🎭", category=CAT,
+            description="A range of frames of a pose sequence, optionally shortened to 4k + 1 frames: Wan's VAE turns "
+                        "4k + 1 video frames into k + 1 latent frames, so Wan workflows (WanAnimateToVideo's length, "
+                        "Refine with IVR on a Wan MODEL) need that count everywhere. Use one range for the skeleton maps "
+                        "and the bodies so their frames agree.",
+            inputs=[POSE.Input("pose", tooltip="PERFORMER_POSE."),
+                    io.Int.Input("start", default=0, min=0, max=100000, tooltip="First frame (0-based)."),
+                    io.Int.Input("length", default=0, min=0, max=100000, tooltip="Frames to keep; 0 = to the end."),
+                    io.Combo.Input("multiple", options=["any", "4k+1"], default="4k+1",
+                                   tooltip="4k+1: keep the longest 4k + 1 frames of the range (Wan); any: keep the range as it is.")],
+            outputs=[POSE.Output(display_name="pose", tooltip="The frames kept (a new sequence)."),
+                     io.Int.Output(display_name="frames", tooltip="How many frames were kept (connect to WanAnimateToVideo's length).")],
+        )
+
+    @classmethod
+    def execute(cls, pose, start, length, multiple) -> io.NodeOutput:
+        from ..models.pose.sequence import frame_range
+
+        out = frame_range(pose, start, length, multiple)
+        return io.NodeOutput(out, out.frames, ui=preview("pose", pose=out))
+
+
+class PerformerFaceCrops(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerFaceCrops", display_name="Face Crops (Wan-Animate face video) 🎭", category=CAT,
+            description="Square crops of the driving person's face in every frame, from the pose's 68 face landmarks, "
+                        "framed as Wan-Animate's preprocessing frames them (the landmarks' box grown to 1.3× its area, "
+                        "most of the growth upwards), resized to 512 × 512: the face_video WanAnimateToVideo takes for "
+                        "expressions. Frames without face landmarks reuse the nearest frame's box.",
+            inputs=[io.Image.Input("images", tooltip="The driving video's frames (the ones the pose was extracted from)."),
+                    POSE.Input("pose", tooltip="The driving video's pose with face landmarks, same frames and size."),
+                    io.Int.Input("size", default=512, min=64, max=2048, step=8, tooltip="Side of the square crops (Wan-Animate: 512)."),
+                    io.Float.Input("scale", default=1.3, min=1.0, max=4.0, step=0.05, tooltip="Area of the crop ÷ area of the landmarks' box."),
+                    io.Int.Input("person", default=0, min=0, max=63, tooltip="Which person of the pose (0 = first).")],
+            outputs=[io.Image.Output(display_name="faces", tooltip="One face crop per frame (size × size).")],
+        )
+
+    @classmethod
+    def execute(cls, images, pose, size, scale, person) -> io.NodeOutput:
+        from ..models.errors import BadInputError
+        from ..models.pose.face import crop_faces, face_boxes
+
+        if images is None or images.ndim != 4:
+            raise BadInputError("images: expected an IMAGE batch (frames, height, width, channels).")
+        if images.shape[0] != pose.frames:
+            raise BadInputError(f"images has {images.shape[0]} frames but the pose has {pose.frames}; use the pose "
+                                "extracted from these frames.")
+        if (images.shape[2], images.shape[1]) != (pose.width, pose.height):
+            raise BadInputError(f"images are {images.shape[2]}×{images.shape[1]} but the pose was measured on "
+                                f"{pose.width}×{pose.height}.")
+        if person >= pose.people:
+            raise BadInputError(f"person {person} does not exist; the pose has {pose.people} people.")
+        boxes = face_boxes(pose.keypoints[:, person], pose.width, pose.height, scale)
+        faces = torch.from_numpy(crop_faces(images[..., :3].float().cpu().numpy(), boxes, size))
+        return io.NodeOutput(faces, ui=preview("faces", images=faces, fps=pose.fps))
+
+
 class PerformerRetargetPose(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -335,5 +398,5 @@ class PerformerSelectReferenceFrame(io.ComfyNode):
         return io.NodeOutput(i, img, training_poses.copy(keypoints=training_poses.keypoints[i:i + 1].copy()))
 
 
-NODES = [PerformerExtractPoseMediaPipe, PerformerDensePose, PerformerSelectReferenceFrame, PerformerExtractPoseDWPose, PerformerExtractPoseOpenPose, PerformerPoseFromKeypoints, PerformerPoseToKeypoints, PerformerLoadPose, PerformerSavePose, PerformerCleanPose,
+NODES = [PerformerExtractPoseMediaPipe, PerformerPoseFrames, PerformerFaceCrops, PerformerDensePose, PerformerSelectReferenceFrame, PerformerExtractPoseDWPose, PerformerExtractPoseOpenPose, PerformerPoseFromKeypoints, PerformerPoseToKeypoints, PerformerLoadPose, PerformerSavePose, PerformerCleanPose,
          PerformerRetargetPose, PerformerDrawPose]

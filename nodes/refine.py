@@ -68,6 +68,21 @@ class PerformerRefineIVR(io.ComfyNode):
         return _result(video, vp, vs, previews, used)
 
 
+def _check_video_vae_frames(vae, frames: int) -> None:
+    """A video VAE (Wan's: 4k + 1 frames ↔ k + 1 latent frames) must give back as many frames as it is given; refuse a
+    count it cannot keep before any work is done."""
+    from ..models.errors import BadInputError
+
+    down, up = getattr(vae, "downscale_ratio", None), getattr(vae, "upscale_ratio", None)
+    if getattr(vae, "latent_dim", 2) != 3 or not (isinstance(down, tuple) and callable(down[0]) and callable(up[0])):
+        return
+    back = up[0](down[0](frames))
+    if back != frames:
+        raise BadInputError(f"video: {frames} frames, but this video VAE encodes frames in groups and would give back "
+                            f"{back}; use a frame count it keeps (Wan: 4k + 1, e.g. {max(1, (frames - 1) // 4 * 4 + 1)} "
+                            "or " f"{(frames - 1) // 4 * 4 + 5}) — Pose Frames (4k+1) sets it for the whole workflow.")
+
+
 def _check_inputs(video, maps: dict, flow):
     """Frame counts of the maps and the flow against the video; returns the flow as refine_loop takes it (or None)."""
     from ..models.errors import BadInputError
@@ -159,6 +174,7 @@ class PerformerRefineIVRNative(io.ComfyNode):
         if video.ndim != 4 or video.shape[0] < 2:
             raise BadInputError(f"video: expected an IMAGE batch of at least 2 frames; got {tuple(video.shape)}.")
         fl = _check_inputs(video, {}, flow)
+        _check_video_vae_frames(vae, video.shape[0])
         ls = LoopSettings(total_steps=total_steps, refresh_every=refresh_every, strength_start=strength_start,
                           strength_end=strength_end, flow_weight=flow_weight)
         progress = Progress(total_steps)

@@ -78,6 +78,18 @@ NOTES = {
         "Models: an SVD checkpoint (svd_xt.safetensors) in models/checkpoints, a pose controller in "
         "models/performer/adapters (the files named here are random-weight test stand-ins).\n\n"
         "Change: the reference photo (scaled to the video size), the skeleton frames, video_frames, steps."),
+    "performer_native_wan_animate_reference": (
+        "Native Wan 2.2 Animate: your Wan-Animate model through core's loaders and WanAnimateToVideo, with causal "
+        "reference attention (SCD) on the MODEL: the reference photo passes once per sampling run through the same DiT "
+        "(one latent frame before the video in RoPE time) and every block's video tokens also attend to it. The driving "
+        "poses are retargeted to the reference's proportions and drawn as Wan-Animate's pose video (OpenPose colours, "
+        "hands, no face dots). The decoded video is then refined by Refine with IVR (native) on the same patched MODEL, "
+        "with the 3D-aware flow of bodies in the reference's shape.\n\n"
+        "Models: wan2.2_animate_14B_bf16.safetensors in models/diffusion_models, umt5_xxl_fp8_e4m3fn_scaled.safetensors "
+        "in models/text_encoders, wan_2.1_vae.safetensors in models/vae, clip_vision_h.safetensors in "
+        "models/clip_vision (Comfy-Org's repackaged files; the test machines use tiny random stand-ins).\n\n"
+        "Change: the reference photo and size (832×480 for real use), the driving poses (Extract Pose → Save Pose, or "
+        "connect Extract Pose here), Pose Frames' range (Wan needs 4k+1 frames: 77 or 81), steps, IVR steps."),
     "performer_text2video_smoke": (
         "The smallest check that a pipe loads and samples: text → AnimateDiff video, no reference.\n\n" + MODELS_SD15),
 }

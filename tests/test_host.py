@@ -10,7 +10,7 @@ import time
 import pytest
 
 from host import REPO, VENV_PY, guarded_env, output_files
-from workflow_tools import ui_to_api
+from workflow_tools import for_test_host, ui_to_api
 
 PACK = "ComfyUI-Performer"
 API_DIR = os.path.join(REPO, "tests", "workflows")
@@ -74,7 +74,7 @@ def test_workflow_ui_and_api_twins_in_sync_and_run(host, ui_path):
     with open(ui_path) as fh:
         ui = json.load(fh)
     assert ui_to_api(ui, host.get("/object_info")) == {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
-    res = host.run(api, timeout=600)
+    res = host.run(for_test_host(name, api), timeout=600)  # real-size-only loaders replaced (workflow_tools.REAL_SIZE_ONLY)
     assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
     assert output_files(res), "workflow produced no output files"
     assert any(e["type"] == "progress" for e in res["events"]), "no progress reported"

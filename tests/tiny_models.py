@@ -493,6 +493,9 @@ def build_models_tree(root: str) -> Dict[str, str]:
     paths["native_id_file"] = NATIVE_ID_FILE
     native_svd_checkpoint(os.path.join(root, NATIVE_SVD_FILE))
     paths["native_svd_file"] = NATIVE_SVD_FILE
+    _save(wan_dit_state(model_type="animate"), os.path.join(root, WAN_ANIMATE_FILE))
+    _save(wan_vae_state(), os.path.join(root, WAN_VAE_FILE))
+    paths.update(wan_animate_file=WAN_ANIMATE_FILE, wan_vae_file=WAN_VAE_FILE)
     return paths
 
 
@@ -661,10 +664,15 @@ def add_demo_models(root: str) -> None:
 # fixed real-size architecture in core, so tests give the DiT text embeddings directly (``wan_text``).
 WAN = dict(dim=128, ffn_dim=256, num_layers=2, text_dim=4096, out_dim=16)
 WAN_VAE_DIM = 8  # core reads the Wan 2.1 VAE's base width from ``decoder.head.0.gamma``
+# Tiny random stand-ins under the names of the files users download (Comfy-Org's repackaged Wan 2.2 / 2.1 files), so the
+# bundled Wan workflow names the real files
+WAN_ANIMATE_FILE = "diffusion_models/wan2.2_animate_14B_bf16.safetensors"
+WAN_VAE_FILE = "vae/wan_2.1_vae.safetensors"
 
 
 def wan_dit_state(seed: int = 61, model_type: str = "t2v", **over) -> Dict[str, torch.Tensor]:
-    """A Wan 2.1 DiT state dict in core's (and the released files') key layout: ``t2v``, ``i2v`` (36 input channels +
+    """A Wan DiT state dict in core's (and the released files') key layout: ``t2v``, ``ti2v`` (Wan 2.2 5B, 48 channels),
+    ``i2v`` (36 input channels +
     the CLIP-vision projection) or ``animate`` (Wan-Animate: pose patch embedding, face adapter, motion encoder; needs
     at least 5 layers for one face-adapter layer).  Random weights, fp16."""
     ensure_comfy_importable()
@@ -676,6 +684,8 @@ def wan_dit_state(seed: int = 61, model_type: str = "t2v", **over) -> Dict[str, 
     cls, kw = WanModel, dict(model_type=model_type, in_dim=16)
     if model_type == "i2v":
         kw["in_dim"] = 36
+    elif model_type == "ti2v":  # Wan 2.2 TI2V 5B: 48-channel latents (its own VAE), per-frame timesteps from the mask
+        kw, cfg["out_dim"] = dict(model_type="t2v", in_dim=48), 48
     elif model_type == "animate":
         cls, kw = AnimateWanModel, dict(in_dim=36)
         cfg["num_layers"] = max(cfg["num_layers"], 5)

@@ -128,3 +128,48 @@ class ArcFace:
         if not np.isfinite(n) or n == 0:
             raise BadInputError("ArcFace returned an invalid embedding (NaN or zero).")
         return y / n
+
+
+def face_boxes(keypoints: np.ndarray, width: int, height: int, scale: float = 1.3, threshold: float = 0.3) -> np.ndarray:
+    """Per frame, the face crop box ``(x0, y0, x1, y1)`` Wan-Animate's preprocessing takes around the 68 face landmarks
+    (COCO-WholeBody points 23–90): the landmarks' box grown to ``scale`` × its area at the same aspect, the width grown
+    evenly, the height three quarters upwards (forehead and hair) and one quarter downwards, clipped to the image.
+
+    ``keypoints``: (frames, 133, 3) of one person.  A frame without face landmarks takes the box of the nearest frame
+    that has them; a sequence without any is refused."""
+    from .sequence import FACE
+
+    f = keypoints[:, FACE]
+    seen = (f[..., 2] > threshold).sum(-1) >= 3
+    if not seen.any():
+        raise BadInputError("No frame of the pose sequence has face landmarks; face crops need them (extract the pose "
+                            "with face = true).")
+    boxes = np.zeros((len(keypoints), 4), np.float32)
+    for i in np.flatnonzero(seen):
+        pts = f[i][f[i, :, 2] > threshold, :2]
+        (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+        w, h = max(x1 - x0, 1.0), max(y1 - y0, 1.0)
+        grow = np.sqrt(scale)  # same aspect, scale × the area
+        dw, dh = (w * grow - w) / 2, (h * grow - h) / 4
+        boxes[i] = [max(x0 - dw, 0), max(y0 - 3 * dh, 0), min(x1 + dw, width), min(y1 + dh, height)]
+    idx = np.flatnonzero(seen)
+    for i in np.flatnonzero(~seen):
+        boxes[i] = boxes[idx[np.abs(idx - i).argmin()]]
+    return boxes
+
+
+def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = 512) -> np.ndarray:
+    """``frames`` (F, H, W, 3) float in [0, 1] cropped to ``boxes`` and resized to ``size`` × ``size`` (area
+    interpolation; the box is first widened to a square around its centre, inside the image where it fits)."""
+    cv2 = _cv2()
+    out = np.zeros((len(frames), size, size, 3), np.float32)
+    H, W = frames.shape[1:3]
+    for i, (fr, (x0, y0, x1, y1)) in enumerate(zip(frames, boxes)):
+        side = max(x1 - x0, y1 - y0, 2.0)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        a = int(round(min(max(cx - side / 2, 0), max(W - side, 0))))
+        b = int(round(min(max(cy - side / 2, 0), max(H - side, 0))))
+        s = int(round(min(side, W, H)))
+        crop = np.ascontiguousarray(fr[b:b + s, a:a + s])
+        out[i] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)
+    return out

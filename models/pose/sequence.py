@@ -89,6 +89,21 @@ class PoseSequence:
         return PoseSequence(**d)
 
 
+def frame_range(pose: PoseSequence, start: int, length: int = 0, multiple: str = "any") -> PoseSequence:
+    """Frames ``start`` … ``start + length − 1`` of ``pose`` (``length`` 0: to the end), shortened to the longest count of
+    the form ``4k + 1`` when ``multiple`` is ``"4k+1"`` (Wan's VAE turns 4k + 1 frames into k + 1 latent frames)."""
+    if start < 0 or start >= pose.frames:
+        raise BadInputError(f"start: frame {start} does not exist; the pose sequence has {pose.frames} frames (0 … {pose.frames - 1}).")
+    if length < 0:
+        raise BadInputError(f"length must be >= 0 (0 = to the end); got {length}.")
+    n = pose.frames - start if length == 0 else min(length, pose.frames - start)
+    if multiple == "4k+1":
+        n = (n - 1) // 4 * 4 + 1
+    elif multiple != "any":
+        raise BadInputError(f"multiple must be 'any' or '4k+1'; got {multiple!r}.")
+    return pose.copy(keypoints=pose.keypoints[start:start + n].copy())
+
+
 def empty(frames: int, width: int, height: int, people: int = 1, fps: float = 8.0) -> PoseSequence:
     return PoseSequence(np.zeros((frames, people, N_POINTS, 3), np.float32), width, height, fps)
 

@@ -115,26 +115,31 @@ try {
     }));
     r.fromTemplate = (await page.evaluate(() => window.app.graphToPrompt())).output;
     await page.evaluate(() => window.app.extensionManager.command.execute("Comfy.Canvas.FitView"));
-    // Drop the server's output cache (outputs of earlier identical runs would be reused without "executed" events).
-    await page.evaluate(() => window.app.api.fetchApi("/free", { method: "POST", body: JSON.stringify({ free_memory: true }) }));
-    await page.waitForTimeout(1500);
-    // Queue from the Run button, wait for this prompt's end.
-    const before = await page.evaluate(() => window.__performer.events.length);
-    await page.getByRole("button", { name: /^Run/ }).first().click();
-    await page.waitForFunction((b) => window.__performer.events.slice(b).some((e) =>
-      ["execution_success", "execution_error", "execution_interrupted", "queue_error"].includes(e.type)), before, { timeout: cfg.timeout_ms ?? 600000 });
-    const events = await page.evaluate((b) => window.__performer.events.slice(b), before);
-    const end = events.find((e) => ["execution_success", "execution_error", "execution_interrupted", "queue_error"].includes(e.type));
-    r.status = end.type;
-    if (end.type !== "execution_success") r.error = end.detail;
-    r.executed = events.filter((e) => e.type === "executed").map((e) => String(e.detail?.node));
-    r.previewed = events.filter((e) => e.type === "executed" && e.detail?.output?.performer_meta).map((e) => String(e.detail.node));
-    await page.waitForTimeout(1500);
-    r.previews = await page.evaluate(() => [...document.querySelectorAll(".performer-preview")].map((el) => {
-      const c = el.querySelector("canvas");
-      return { node: el.dataset.nodeId, frames: Number(el.dataset.frames ?? 0), canvas: c ? [c.width, c.height] : null,
-               visible: !!(el.offsetWidth && el.offsetHeight), metricsRows: el.querySelectorAll(".performer-metrics tr").length };
-    }));
+    // Workflows that name real-size-only models (cfg.noRun, with the reason) are loaded, checked and converted, not queued.
+    if ((cfg.noRun ?? []).includes(name)) {
+      Object.assign(r, { status: "not_run", executed: [], previewed: [], previews: [] });
+    } else {
+      // Drop the server's output cache (outputs of earlier identical runs would be reused without "executed" events).
+      await page.evaluate(() => window.app.api.fetchApi("/free", { method: "POST", body: JSON.stringify({ free_memory: true }) }));
+      await page.waitForTimeout(1500);
+      // Queue from the Run button, wait for this prompt's end.
+      const before = await page.evaluate(() => window.__performer.events.length);
+      await page.getByRole("button", { name: /^Run/ }).first().click();
+      await page.waitForFunction((b) => window.__performer.events.slice(b).some((e) =>
+        ["execution_success", "execution_error", "execution_interrupted", "queue_error"].includes(e.type)), before, { timeout: cfg.timeout_ms ?? 600000 });
+      const events = await page.evaluate((b) => window.__performer.events.slice(b), before);
+      const end = events.find((e) => ["execution_success", "execution_error", "execution_interrupted", "queue_error"].includes(e.type));
+      r.status = end.type;
+      if (end.type !== "execution_success") r.error = end.detail;
+      r.executed = events.filter((e) => e.type === "executed").map((e) => String(e.detail?.node));
+      r.previewed = events.filter((e) => e.type === "executed" && e.detail?.output?.performer_meta).map((e) => String(e.detail.node));
+      await page.waitForTimeout(1500);
+      r.previews = await page.evaluate(() => [...document.querySelectorAll(".performer-preview")].map((el) => {
+        const c = el.querySelector("canvas");
+        return { node: el.dataset.nodeId, frames: Number(el.dataset.frames ?? 0), canvas: c ? [c.width, c.height] : null,
+                 visible: !!(el.offsetWidth && el.offsetHeight), metricsRows: el.querySelectorAll(".performer-metrics tr").length };
+      }));
+    }
 
     // Interaction on the first preview that carries a pose: scrub to the last frame, click a joint.
     const target = await page.evaluate(() => {

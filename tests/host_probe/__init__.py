@@ -98,4 +98,25 @@ async def alive(request):
                               "loaded_pipe_modules": loaded_pipe, "counts": counts})
 
 
-NODE_CLASS_MAPPINGS = {"TestProbePerformerPatches": TestProbePerformerPatches, "TestProbePerformerPipe": TestProbePerformerPipe}
+class TestWanTextEmbedding:
+    """Stand-in for Wan's text encoder: seeded random umt5-xxl-shaped embeddings (1, tokens, 4096) as CONDITIONING.
+    Core builds umt5-xxl at its one real size (5.7 B parameters), which this machine cannot hold; the tiny Wan DiT reads
+    4096-wide text like the real one."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0}), "tokens": ("INT", {"default": 8, "min": 1})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+    CATEGORY = "testing"
+
+    def encode(self, seed, tokens):
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        return ([[torch.randn((1, tokens, 4096), generator=g), {}]],)
+
+
+NODE_CLASS_MAPPINGS = {"TestProbePerformerPatches": TestProbePerformerPatches, "TestProbePerformerPipe": TestProbePerformerPipe,
+                       "TestWanTextEmbedding": TestWanTextEmbedding}

@@ -20,7 +20,7 @@ const HAND = [[0, 1], [1, 2], [2, 3], [3, 4], [0, 5], [5, 6], [6, 7], [7, 8], [0
 // Nodes whose runs send a preview (nodes/_common.py `preview`).  Their preview widget is made when the node is
 // created, so the frontend lays it out with the node (a DOM widget added later is not mounted in Vue node mode).
 const PREVIEW_TYPES = new Set(["PerformerExtractPoseMediaPipe", "PerformerExtractPoseDWPose", "PerformerExtractPoseOpenPose",
-  "PerformerLoadPose", "PerformerCleanPose", "PerformerRetargetPose", "PerformerDrawPose", "PerformerAnimate",
+  "PerformerLoadPose", "PerformerPoseFrames", "PerformerFaceCrops", "PerformerCleanPose", "PerformerRetargetPose", "PerformerDrawPose", "PerformerAnimate",
   "PerformerSampleVideo", "PerformerDecode", "PerformerRefineIVR", "PerformerSyntheticPerformer", "PerformerMetrics",
   "PerformerRenderBody", "PerformerPoseCrafter", "PerformerRefineIVRNative"]);
 
