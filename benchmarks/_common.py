@@ -44,3 +44,16 @@ def write_result(name: str, result: dict) -> str:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
     return p
+
+
+def interleaved_medians(run, first, second, repeats: int):
+    """Median seconds of ``run(first)`` and ``run(second)`` after one warm-up each, the two arms interleaved so drift in
+    machine load hits both alike."""
+    import statistics
+
+    run(first), run(second)
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(run(first))
+        b.append(run(second))
+    return statistics.median(a), statistics.median(b)

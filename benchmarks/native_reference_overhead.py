@@ -12,10 +12,9 @@ The rows that read the reference use core's attention function, so both arms run
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
-from _common import setup, write_result
+from _common import interleaved_medians, setup, write_result
 
 
 def main():
@@ -56,12 +55,7 @@ def main():
         comfy.sample.sample_custom(m, noise, 7.5, sampler, sigmas, pos, neg, torch.zeros_like(noise), disable_pbar=True, seed=0)
         return time.perf_counter() - t0
 
-    run(model), run(patched)  # warm-up
-    plain, ref_t = [], []
-    for _ in range(a.repeats):  # interleaved, so drift in machine load hits both arms alike
-        plain.append(run(model))
-        ref_t.append(run(patched))
-    p, r = statistics.median(plain), statistics.median(ref_t)
+    p, r = interleaved_medians(run, model, patched, a.repeats)
     write_result("native_reference_overhead", {
         "spec": vars(a), "plain_s": round(p, 3), "reference_s": round(r, 3), "ratio": round(r / p, 3),
         "attention_kernel": comfy.ldm.modules.attention.optimized_attention.__name__,

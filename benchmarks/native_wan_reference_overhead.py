@@ -14,10 +14,9 @@ reference's extra keys (one latent frame's tokens) weigh as they do at real size
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
-from _common import setup, write_result
+from _common import interleaved_medians, setup, write_result
 
 
 def main():
@@ -54,12 +53,7 @@ def main():
                             disable_pbar=True, seed=0)
         return time.perf_counter() - t0
 
-    run(model), run(patched)  # warm-up
-    plain, ref_t = [], []
-    for _ in range(a.repeats):  # interleaved, so drift in machine load hits both arms alike
-        plain.append(run(model))
-        ref_t.append(run(patched))
-    p, r = statistics.median(plain), statistics.median(ref_t)
+    p, r = interleaved_medians(run, model, patched, a.repeats)
     tokens = a.frames * (a.latent // 2) ** 2
     write_result("native_wan_reference_overhead", {
         "spec": vars(a), "dim": dm.dim, "ffn_dim": dm.ffn_dim, "tokens": tokens,

@@ -28,6 +28,7 @@ PACK_FOLDERS = {
     "performer_personalised": ("performer/personalised", {".safetensors"}),
     "performer_face": ("performer/face", {".onnx"}),
     "animatediff_models": ("animatediff_models", {".ckpt", ".pt", ".pth", ".safetensors"}),
+    "ipadapter": ("ipadapter", {".safetensors", ".bin"}),  # IP-Adapter files, the folder ComfyUI_IPAdapter_plus uses
 }
 
 

@@ -134,8 +134,10 @@ class PerformerAddIdentityAdapter(io.ComfyNode):
                         "tokens with their own K/V per cross-attention layer. Returns a new pipe.",
             inputs=[
                 PIPE.Input("pipe", tooltip="An SD1.5 (AnimateDiff) or SVD pipe."),
-                io.Combo.Input("adapter", options=[NONE] + weight_choices("performer_adapters", with_dirs=False),
-                               tooltip="Identity adapter .safetensors in models/performer/adapters, or none (only load encoders)."),
+                io.Combo.Input("adapter", options=[NONE] + weight_choices("performer_adapters", "ipadapter", with_dirs=False),
+                               tooltip="Identity adapter: the pack's .safetensors in models/performer/adapters, a released "
+                                       "SD1.5 IP-Adapter (ip-adapter_sd15.safetensors, ip-adapter-faceid_sd15.bin) in "
+                                       "models/ipadapter, or none (only load encoders)."),
                 io.Combo.Input("clip_vision", options=[NONE] + weight_choices("clip_vision", with_dirs=False),
                                tooltip="SD1.5 only: CLIP vision model in models/clip_vision (e.g. the ViT-H one IP-Adapter uses)."),
                 io.Combo.Input("arcface", options=[NONE] + weight_choices("performer_face", with_dirs=False),
@@ -149,7 +151,8 @@ class PerformerAddIdentityAdapter(io.ComfyNode):
         from ..models.backbones.loaders import with_identity_adapter
 
         pick = lambda name, kind: None if name == NONE else resolve(name, (kind,))  # noqa: E731
-        return io.NodeOutput(with_identity_adapter(pipe, pick(adapter, "performer_adapters"), pick(clip_vision, "clip_vision"),
+        ad = None if adapter == NONE else resolve(adapter, ("performer_adapters", "ipadapter"))
+        return io.NodeOutput(with_identity_adapter(pipe, ad, pick(clip_vision, "clip_vision"),
                                                    pick(arcface, "performer_face")))
 
 

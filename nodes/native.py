@@ -535,9 +535,14 @@ def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, f
         raise BadInputError("clip_vision_output is connected but this identity adapter has no CLIP-image tokens; it "
                             "would be ignored. Disconnect it" + (" (SVD reads the CLIP embedding through its own "
                                                                   "conditioning)." if is_svd else "."))
+    has_face = bool(c["num_face_tokens"])
+    if face_embeds is not None and not has_face:
+        raise BadInputError("face_image is connected but this identity adapter has no face tokens (a plain IP-Adapter "
+                            "reads CLIP image embeddings only); it would be ignored. Disconnect it, or use a FaceID "
+                            "adapter.")
     if face_scale > 0 and face_embeds is None and not uses_image:
         raise BadInputError("Apply Identity has nothing to apply: no face embedding and no CLIP-image tokens.")
-    if face_scale > 0 and face_embeds is None:
+    if has_face and face_scale > 0 and face_embeds is None:
         logging.warning("Apply Identity: no face embedding, so the face tokens use the unconditional (zero) embedding; "
                         "connect face_image and an ArcFace model, or set face_scale to 0.")
     keys = cross_attention_keys(dm)
@@ -551,10 +556,11 @@ def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, f
     layers = {(b, i): layer for b, i, layer in _spatial_transformers(dm)}
     to_k = {name: layers[key[:2]].transformer_blocks[key[2]].attn2.to_k for key, name in keys.items()}
     to_k.update({name: layers[key[:2]].time_stack[key[2]].attn2.to_k for key, name in tkeys.items()})
+    probe = adapter.kinds[0]
     for name, lin in to_k.items():  # same names, other widths: the projections must fit the layer
-        if tuple(adapter.kv[_key(name) + "__k_face"].weight.shape) != tuple(lin.weight.shape):
+        if tuple(adapter.kv[_key(name) + f"__k_{probe}"].weight.shape) != tuple(lin.weight.shape):
             raise BadInputError(f"The identity adapter was made for another UNet: its projections at {name} are "
-                                f"{tuple(adapter.kv[_key(name) + '__k_face'].weight.shape)}, the model's "
+                                f"{tuple(adapter.kv[_key(name) + f'__k_{probe}'].weight.shape)}, the model's "
                                 f"{tuple(lin.weight.shape)}.")
     if _replaced(model, "attn2", keys)[0]:
         raise BadInputError("This MODEL already has cross-attention replacements (another IP-Adapter or Apply Identity); a "
@@ -569,7 +575,7 @@ def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, f
         def entries(name):
             out = []
             for kind, sl in (("image", slice(0, n_img)), ("face", slice(n_img, None))):
-                if kind == "image" and not n_img:
+                if (kind == "image" and not n_img) or (kind == "face" and not has_face):
                     continue
                 suffix = "img" if kind == "image" else "face"
                 kp, vp = adapter.kv[_key(name) + f"__k_{suffix}"], adapter.kv[_key(name) + f"__v_{suffix}"]
@@ -855,8 +861,11 @@ class PerformerApplyIdentity(io.ComfyNode):
                         "CLIP Vision Encode) and ArcFace face tokens, through the identity adapter's own key/value "
                         "projections. Returns a patched copy; the input MODEL is unchanged.",
             inputs=[_model_io()[0],
-                    io.Combo.Input("identity_adapter", options=weight_choices("performer_adapters", with_dirs=False),
-                                   tooltip="An identity adapter .safetensors in models/performer/adapters."),
+                    io.Combo.Input("identity_adapter", options=weight_choices("performer_adapters", "ipadapter", with_dirs=False),
+                                   tooltip="An identity adapter: the pack's (.safetensors in models/performer/adapters) or "
+                                           "a released SD1.5 IP-Adapter in models/ipadapter (ip-adapter_sd15.safetensors: "
+                                           "CLIP-image tokens; ip-adapter-faceid_sd15.bin: face tokens, with its LoRA "
+                                           "loaded by a LoRA loader)."),
                     io.ClipVisionOutput.Input("clip_vision_output", optional=True,
                                               tooltip="CLIP Vision Encode of the reference image (for the CLIP-image tokens)."),
                     io.Image.Input("face_image", optional=True,
@@ -878,7 +887,7 @@ class PerformerApplyIdentity(io.ComfyNode):
         from ..models.errors import BadInputError
         from ._common import NONE, resolve
 
-        ad = load_identity_adapter(resolve(identity_adapter, ("performer_adapters",)), device="cpu")
+        ad = load_identity_adapter(resolve(identity_adapter, ("performer_adapters", "ipadapter")), device="cpu")
         clip = None
         if clip_vision_output is not None:
             clip = getattr(clip_vision_output, "image_embeds", None)

@@ -42,7 +42,7 @@ MODEL_KINDS = {
     "clip_vision": "clip_vision", "animatediff_models": "animatediff_models",
     "performer_pose": "performer/pose", "performer_body": "performer/body", "performer_adapters": "performer/adapters",
     "performer_personalised": "performer/personalised", "performer_face": "performer/face", "loras": "loras",
-    "diffusion_models": "diffusion_models",
+    "diffusion_models": "diffusion_models", "ipadapter": "ipadapter",
 }
 # Unmodified third-party packs for interop tests (../shared/thirdparty beside the repository; absent on users' machines)
 THIRDPARTY = os.path.abspath(os.path.join(REPO, "..", "shared", "thirdparty"))

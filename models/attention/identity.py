@@ -54,16 +54,25 @@ class IdentityAdapter(nn.Module):
         if c["clip_dim"]:
             self.image_proj = nn.Sequential(nn.Linear(c["clip_dim"], c["num_image_tokens"] * cross_dim))
             self.image_norm = nn.LayerNorm(cross_dim)
-        self.face_proj = nn.Sequential(nn.Linear(face_dim, face_dim * 2), nn.GELU(), nn.Linear(face_dim * 2, num_face_tokens * cross_dim))
-        self.face_norm = nn.LayerNorm(cross_dim)
+        self.face_proj = None  # no face tokens (e.g. a plain IP-Adapter file): no face part at all
+        if c["num_face_tokens"]:
+            self.face_proj = nn.Sequential(nn.Linear(face_dim, face_dim * 2), nn.GELU(),
+                                           nn.Linear(face_dim * 2, num_face_tokens * cross_dim))
+            self.face_norm = nn.LayerNorm(cross_dim)
+        if not c["num_image_tokens"] and not c["num_face_tokens"]:
+            raise BadInputError("An identity adapter needs CLIP-image tokens, face tokens or both.")
         kv = {}
         for name, (in_dim, out_dim) in c["layers"].items():
-            if c["clip_dim"]:
-                kv[_key(name) + "__k_img"] = nn.Linear(in_dim, out_dim, bias=False)
-                kv[_key(name) + "__v_img"] = nn.Linear(in_dim, out_dim, bias=False)
-            kv[_key(name) + "__k_face"] = nn.Linear(in_dim, out_dim, bias=False)
-            kv[_key(name) + "__v_face"] = nn.Linear(in_dim, out_dim, bias=False)
+            for kind in self.kinds:
+                kv[_key(name) + f"__k_{kind}"] = nn.Linear(in_dim, out_dim, bias=False)
+                kv[_key(name) + f"__v_{kind}"] = nn.Linear(in_dim, out_dim, bias=False)
         self.kv = nn.ModuleDict(kv)
+
+    @property
+    def kinds(self) -> tuple:
+        """The token kinds this adapter has K/V pairs for: ``img`` (CLIP image), ``face`` (ArcFace)."""
+        c = self.config
+        return tuple(k for k, n in (("img", c["num_image_tokens"]), ("face", c["num_face_tokens"])) if n)
 
     @classmethod
     def for_unet(cls, unet: nn.Module, clip_dim: int = 0, **kw) -> "IdentityAdapter":
@@ -78,7 +87,7 @@ class IdentityAdapter(nn.Module):
         ad = cls(dims, cross.pop(), clip_dim, **kw)
         with torch.no_grad():
             for n, a in layers.items():
-                for kind in (("img", "face") if ad.image_proj is not None else ("face",)):
+                for kind in ad.kinds:
                     ad.kv[_key(n) + f"__k_{kind}"].weight.copy_(a.to_k.weight)
                     ad.kv[_key(n) + f"__v_{kind}"].weight.copy_(a.to_v.weight)
         return ad
@@ -97,10 +106,11 @@ class IdentityAdapter(nn.Module):
             if x.shape[-1] != c["clip_dim"]:
                 raise BadInputError(f"CLIP embedding has width {x.shape[-1]}; this identity adapter expects {c['clip_dim']}.")
             parts.append(self.image_norm(self.image_proj(x.to(p.device, p.dtype)).view(x.shape[0], c["num_image_tokens"], c["cross_dim"])))
-        f = face_embeds if face_embeds is not None else torch.zeros(batch, c["face_dim"])
-        if f.shape[-1] != c["face_dim"]:
-            raise BadInputError(f"Face embedding has width {f.shape[-1]}; this identity adapter expects {c['face_dim']}.")
-        parts.append(self.face_norm(self.face_proj(f.to(p.device, p.dtype)).view(f.shape[0], c["num_face_tokens"], c["cross_dim"])))
+        if self.face_proj is not None:
+            f = face_embeds if face_embeds is not None else torch.zeros(batch, c["face_dim"])
+            if f.shape[-1] != c["face_dim"]:
+                raise BadInputError(f"Face embedding has width {f.shape[-1]}; this identity adapter expects {c['face_dim']}.")
+            parts.append(self.face_norm(self.face_proj(f.to(p.device, p.dtype)).view(f.shape[0], c["num_face_tokens"], c["cross_dim"])))
         return torch.cat(parts, 1)
 
     def save(self, path: str, extra_metadata: Optional[Dict[str, str]] = None) -> None:
@@ -110,9 +120,32 @@ class IdentityAdapter(nn.Module):
 
 
 def load_identity_adapter(path: str, device=None, dtype=torch.float32) -> IdentityAdapter:
-    from ..backbones.weights import load_performer_module
+    """An identity adapter file the pack wrote (safetensors with ``performer.kind = identity_adapter``), or a released
+    SD1.5 IP-Adapter file (``ip-adapter_sd15.safetensors``, ``ip-adapter-faceid_sd15.bin``: :mod:`.ip_adapter`)."""
+    from ..backbones.weights import load_performer_module, read_state_dict
+    from ..errors import BadModelFileError
+    from .ip_adapter import from_ip_adapter, is_ip_adapter
 
+    if not _is_pack_file(path):
+        state = read_state_dict(path)
+        if not is_ip_adapter(state):
+            raise BadModelFileError(f"{path} is neither a Performer identity adapter (safetensors with performer.kind = "
+                                    "identity_adapter) nor an IP-Adapter file (image_proj.* and ip_adapter.* keys); it "
+                                    f"holds keys such as {sorted(state)[:3]}.")
+        return from_ip_adapter(state, path).to(device or "cpu", dtype)
     return load_performer_module(IdentityAdapter, path, "identity_adapter", "identity adapter", device, dtype)
+
+
+def _is_pack_file(path: str) -> bool:
+    if not path.endswith(".safetensors"):
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            return "performer.kind" in (f.metadata() or {})
+    except Exception:  # noqa: BLE001 - unreadable: read_state_dict names the file and the reason
+        return False
 
 
 class DecoupledCrossAttnProcessor:

@@ -51,6 +51,8 @@ def read_state_dict(path: str, device: str = "cpu") -> Dict[str, torch.Tensor]:
         ) from exc
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
+    if isinstance(sd, dict) and sd and all(isinstance(v, dict) for v in sd.values()):  # {"image_proj": {...}, ...}
+        sd = {f"{outer}.{k}": v for outer, inner in sd.items() for k, v in inner.items()}
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise BadModelFileError(f"Weight file '{path}' does not hold a flat tensor state dict.")
     return sd
