@@ -9,10 +9,10 @@ register_folders()
 
 # (comfy_api's ``io`` is deliberately not imported here: this package has its own ``io`` stage module.)
 from . import io as io_nodes  # noqa: E402  (folders must be registered before combos are listed)
-from . import body, evaluate, native, personalise, pose, reference, refine, sampling  # noqa: E402
+from . import body, evaluate, native, native_released, personalise, pose, reference, refine, sampling  # noqa: E402
 
 ALL_NODES = [*io_nodes.NODES, *pose.NODES, *body.NODES, *reference.NODES, *sampling.NODES, *personalise.NODES, *refine.NODES, *evaluate.NODES,
-             *native.NODES]
+             *native.NODES, *native_released.NODES]
 
 
 class PerformerExtension(ComfyExtension):

@@ -24,7 +24,7 @@ CATEGORY = "Performer"
 PACK_FOLDERS = {
     "performer_pose": ("performer/pose", {".onnx", ".pt", ".torchscript"}),
     "performer_body": ("performer/body", {".npz"}),
-    "performer_adapters": ("performer/adapters", {".safetensors"}),
+    "performer_adapters": ("performer/adapters", {".safetensors", ".pth"}),  # .pth: released pose guiders (weights only)
     "performer_personalised": ("performer/personalised", {".safetensors"}),
     "performer_face": ("performer/face", {".onnx"}),
     "animatediff_models": ("animatediff_models", {".ckpt", ".pt", ".pth", ".safetensors"}),

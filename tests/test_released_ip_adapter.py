@@ -46,7 +46,7 @@ def sd15_layers():
 @pytest.mark.parametrize("name,kind", [("ip-adapter_sd15.safetensors", "img"), ("ip-adapter-faceid_sd15.bin", "face")])
 def test_released_layout_loads_strictly_onto_every_sd15_cross_attention_layer(sd15_layers, name, kind, caplog):
     from performer_pkg.models.attention.identity import _key
-    from performer_pkg.models.attention.ip_adapter import from_ip_adapter
+    from performer_pkg.models.attention.identity import from_ip_adapter
 
     layout = released(name)
     state = state_of(layout)
@@ -73,7 +73,7 @@ def test_tokens_and_decoupled_attention_match_ip_adapters_formula():
     from diffusers.models.attention_processor import Attention
 
     from performer_pkg.models.attention.identity import DecoupledCrossAttnProcessor
-    from performer_pkg.models.attention.ip_adapter import from_ip_adapter
+    from performer_pkg.models.attention.identity import from_ip_adapter
 
     torch.manual_seed(0)
     for name in ("ip-adapter_sd15.safetensors", "ip-adapter-faceid_sd15.bin"):

@@ -124,7 +124,7 @@ def load_identity_adapter(path: str, device=None, dtype=torch.float32) -> Identi
     SD1.5 IP-Adapter file (``ip-adapter_sd15.safetensors``, ``ip-adapter-faceid_sd15.bin``: :mod:`.ip_adapter`)."""
     from ..backbones.weights import load_performer_module, read_state_dict
     from ..errors import BadModelFileError
-    from .ip_adapter import from_ip_adapter, is_ip_adapter
+    from .ip_adapter import is_ip_adapter
 
     if not _is_pack_file(path):
         state = read_state_dict(path)
@@ -134,6 +134,20 @@ def load_identity_adapter(path: str, device=None, dtype=torch.float32) -> Identi
                                     f"holds keys such as {sorted(state)[:3]}.")
         return from_ip_adapter(state, path).to(device or "cpu", dtype)
     return load_performer_module(IdentityAdapter, path, "identity_adapter", "identity adapter", device, dtype)
+
+
+def from_ip_adapter(state: Dict[str, torch.Tensor], path: str = "") -> IdentityAdapter:
+    """The identity adapter holding a released SD1.5 IP-Adapter file's weights (:mod:`.ip_adapter`)."""
+    from ..errors import BadModelFileError
+    from .ip_adapter import convert_ip_adapter
+
+    cfg, sd = convert_ip_adapter(state, path)
+    ad = IdentityAdapter(**cfg)
+    try:
+        ad.load_state_dict(sd)
+    except RuntimeError as e:
+        raise BadModelFileError(f"{path}: the IP-Adapter weights do not fit: {e}") from e
+    return ad.eval().requires_grad_(False)
 
 
 def _is_pack_file(path: str) -> bool:

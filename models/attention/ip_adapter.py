@@ -67,12 +67,14 @@ def ip_adapter_kind(state: Dict[str, torch.Tensor], path: str = "") -> str:
                             "(image_proj.proj / norm) or ip-adapter-faceid_sd15 (image_proj.proj.0 / proj.2 / norm).")
 
 
-def from_ip_adapter(state: Dict[str, torch.Tensor], path: str = ""):
-    """The :class:`~.identity.IdentityAdapter` holding a released SD1.5 IP-Adapter file's weights (plain or FaceID).
-    Shapes are checked against SD1.5's layers; a file for another UNet (SDXL: 2048-wide context, 70 layers) is refused
-    with the file named."""
-    from .identity import IdentityAdapter, _key
+def _key(name: str) -> str:  # the identity adapter's K/V module naming (identity._key)
+    return name.replace(".", "__")
 
+
+def convert_ip_adapter(state: Dict[str, torch.Tensor], path: str = "") -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """(the identity adapter's config, its state dict) holding a released SD1.5 IP-Adapter file's weights (plain or
+    FaceID); :func:`.identity.from_ip_adapter` builds the module.  Shapes are checked against SD1.5's layers; a file
+    for another UNet (SDXL: 2048-wide context, 70 layers) is refused with the file named."""
     kind = ip_adapter_kind(state, path)
     order = sd15_cross_attention_order()
     ids = sorted({int(m.group(1)) for k in state if (m := re.match(r"ip_adapter\.(\d+)\.to_k_ip\.weight$", k))})
@@ -93,7 +95,7 @@ def from_ip_adapter(state: Dict[str, torch.Tensor], path: str = ""):
         tokens, rem = divmod(proj.shape[0], SD15_CROSS_DIM)
         if rem:
             raise BadModelFileError(f"{path}: image_proj.proj.weight is {tuple(proj.shape)}; its rows must be tokens × 768.")
-        ad = IdentityAdapter(layers, SD15_CROSS_DIM, clip_dim=proj.shape[1], num_image_tokens=tokens, num_face_tokens=0)
+        cfg = dict(layers=layers, cross_dim=SD15_CROSS_DIM, clip_dim=proj.shape[1], num_image_tokens=tokens, num_face_tokens=0)
         sd = {"image_proj.0.weight": proj, "image_proj.0.bias": state["image_proj.proj.bias"],
               "image_norm.weight": state["image_proj.norm.weight"], "image_norm.bias": state["image_proj.norm.bias"]}
         suffix = "img"
@@ -103,7 +105,7 @@ def from_ip_adapter(state: Dict[str, torch.Tensor], path: str = ""):
         if rem or p0.shape[0] != p2.shape[1] or p0.shape[0] != 2 * p0.shape[1]:
             raise BadModelFileError(f"{path}: FaceID projection {tuple(p0.shape)} → {tuple(p2.shape)} does not fit "
                                     "512 → 1024 → tokens × 768.")
-        ad = IdentityAdapter(layers, SD15_CROSS_DIM, clip_dim=0, face_dim=p0.shape[1], num_face_tokens=tokens)
+        cfg = dict(layers=layers, cross_dim=SD15_CROSS_DIM, clip_dim=0, face_dim=p0.shape[1], num_face_tokens=tokens)
         sd = {"face_proj.0.weight": p0, "face_proj.0.bias": state["image_proj.proj.0.bias"],
               "face_proj.2.weight": p2, "face_proj.2.bias": state["image_proj.proj.2.bias"],
               "face_norm.weight": state["image_proj.norm.weight"], "face_norm.bias": state["image_proj.norm.bias"]}
@@ -120,8 +122,4 @@ def from_ip_adapter(state: Dict[str, torch.Tensor], path: str = ""):
     if extra:
         raise BadModelFileError(f"{path}: keys an SD1.5 IP-Adapter {kind} file does not have, e.g. {extra[:3]}; it "
                                 "would be loaded only in part.")
-    try:
-        ad.load_state_dict({k: v.float() for k, v in sd.items()})
-    except RuntimeError as e:
-        raise BadModelFileError(f"{path}: the IP-Adapter weights do not fit: {e}") from e
-    return ad.eval().requires_grad_(False)
+    return cfg, {k: v.float() for k, v in sd.items()}

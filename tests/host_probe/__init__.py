@@ -11,7 +11,7 @@ from server import PromptServer
 
 _REFS = []  # (what, weakref)
 PACK_KEYS = ("performer_causal_reference", "performer_pose_guidance", "performer_identity", "performer_keyframe",
-             "performer_latent_edit")
+             "performer_latent_edit", "performer_released_pose_guider")
 
 
 def _patches(model):
@@ -41,7 +41,7 @@ class TestProbePerformerPatches:
         _watch("patched MODEL", model)
         for p in _patches(model):
             _watch(type(p).__name__, p)
-            for attr in ("latent", "controller", "skeleton", "smplx", "reference_pose", "source"):
+            for attr in ("latent", "controller", "skeleton", "smplx", "reference_pose", "source", "guider", "poses"):
                 _watch(f"{type(p).__name__}.{attr}", getattr(p, attr, None))
             if getattr(p, "controller", None) is not None:
                 for name, param in p.controller.named_parameters():

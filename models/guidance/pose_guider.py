@@ -1,0 +1,62 @@
+"""The pose guider of Moore-AnimateAnyone and MusePose (``pose_guider.pth``), read from the released file.
+
+A small convolutional encoder of the pose images (RGB in [0, 1]) whose output, 320 channels at the latent resolution,
+is added to the denoising UNet's ``conv_in`` output (the first input block's output on core's UNet), in both CFG
+halves, frame by frame.  Layout (key names and shapes in ``tests/data/released_layouts/moore_musepose_pose_guider.pth.json``,
+sources in ``docs/research/released_pose_models.md`` §2): ``conv_in`` 3 → 16; ``blocks.0…5``: per level a 3×3 conv
+keeping the width and a 3×3 stride-2 conv widening it (16 → 32 → 96 → 256), so the output is 1/8 of the pixels;
+``conv_out`` 256 → 320 (zero-initialised in training); SiLU after every conv but the last.  VividPose's pose encoders
+stand in the same place with SMPL-X renders; this is the released model the pack can read today.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import BadModelFileError
+
+CHANNELS = (16, 32, 96, 256)
+
+
+class ReleasedPoseGuider(nn.Module):
+    def __init__(self, out_channels: int = 320, channels=CHANNELS, in_channels: int = 3):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        blocks = []
+        for a, b in zip(channels[:-1], channels[1:]):
+            blocks += [nn.Conv2d(a, a, 3, padding=1), nn.Conv2d(a, b, 3, padding=1, stride=2)]
+        self.blocks = nn.ModuleList(blocks)
+        self.conv_out = nn.Conv2d(channels[-1], out_channels, 3, padding=1)
+        self.out_channels = out_channels
+        self.downsample = 2 ** (len(channels) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(frames, 3, H, W) pose images in [0, 1] → (frames, out_channels, H / 8, W / 8)."""
+        x = F.silu(self.conv_in(x))
+        for b in self.blocks:
+            x = F.silu(b(x))
+        return self.conv_out(x)
+
+
+def load_released_pose_guider(path: str) -> ReleasedPoseGuider:
+    """A released ``pose_guider.pth`` (or the same tensors as safetensors); the key set must be exactly the guider's."""
+    from ..backbones.weights import read_state_dict
+
+    sd = read_state_dict(path)
+    sd = {k[len("pose_guider."):] if k.startswith("pose_guider.") else k: v for k, v in sd.items()}
+    if "conv_out.weight" not in sd or sd["conv_out.weight"].ndim != 4:
+        raise BadModelFileError(f"{path} is not an AnimateAnyone / MusePose pose guider (no conv_out.weight; it holds keys "
+                                f"such as {sorted(sd)[:3]}).")
+    m = ReleasedPoseGuider(out_channels=sd["conv_out.weight"].shape[0])
+    want: Dict[str, tuple] = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    if got != want:
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+        raise BadModelFileError(f"{path} does not have the pose guider's layout (missing {missing[:3]}, unexpected "
+                                f"{extra[:3]}, other shapes {[(k, got[k], want[k]) for k in wrong[:2]]}).")
+    m.load_state_dict({k: v.float() for k, v in sd.items()})
+    return m.eval().requires_grad_(False)

@@ -1,0 +1,152 @@
+"""Native patches that run released models' parts on core's MODEL.
+
+Apply Pose Guider (AnimateAnyone / MusePose, native): the released ``pose_guider.pth`` encodes each frame's pose image
+and its 320-channel output is added to the output of core's first input block (the UNet's ``conv_in``), as the
+released pipelines add it after ``conv_in``, in both CFG halves:
+
+* ``OUTER_SAMPLE`` encodes every frame once per run at 8 × the run's latent size on the model's load device and drops
+  the features when the run ends (also on error and interrupt);
+* an ``input_block_patch`` adds each row's frame's features when ``transformer_options["block"] == ("input", 0)``; the
+  rows' frames come from core's or AnimateDiff-Evolved's context window (:func:`.native.frame_indices`);
+* the causal reference's write pass gets no pose (the released ReferenceNets see none).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from comfy_api.latest import io
+
+from .native import CAT, REFERENCE_PASS, _check_percents, _in_range, _model_io, _range_inputs, _sigma_range, frame_indices
+
+POSE_GUIDER_KEY = "performer_released_pose_guider"
+
+
+class _Run:
+    def __init__(self, feats, sigma_range):
+        self.feats, self.sigma_range = feats, sigma_range
+        self.calls: list = []
+
+
+class ReleasedPoseGuiderPatch:
+    def __init__(self, guider, poses: torch.Tensor, strength: float, swap_rb: bool, start_percent: float, end_percent: float):
+        self.guider, self.poses = guider, poses  # the module (CPU, eval) and the IMAGE batch
+        self.strength, self.swap_rb = float(strength), bool(swap_rb)
+        self.start_percent, self.end_percent = float(start_percent), float(end_percent)
+        self.run: Optional[_Run] = None
+        self.runs = 0
+        self.last_calls: list = []
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def features(self, frames: int, h: int, w: int, device) -> torch.Tensor:
+        from ..models.guidance.pose_controller import maps_to_tensor
+
+        ds = self.guider.downsample
+        x = maps_to_tensor(self.poses, h * ds, w * ds, frames, "poses")
+        if self.swap_rb:
+            x = x[:, [2, 1, 0]]
+        g = self.guider.to(device)
+        try:
+            with torch.no_grad():
+                return g(x.to(device)) * self.strength
+        finally:
+            self.guider.to("cpu")
+
+    def outer_sample(self, executor, noise, latent_image, *args, **kwargs):
+        guider = executor.class_obj
+        ms = guider.model_patcher.get_model_object("model_sampling")
+        frames, h, w = latent_image.shape[0], latent_image.shape[-2], latent_image.shape[-1]
+        self.run = _Run(self.features(frames, h, w, guider.model_patcher.load_device),
+                        _sigma_range(ms, self.start_percent, self.end_percent))
+        self.runs += 1
+        try:
+            return executor(noise, latent_image, *args, **kwargs)
+        finally:
+            self.last_calls, self.run = self.run.calls, None
+
+    def input_block_patch(self, h, transformer_options):
+        run = self.run
+        if run is None or self.strength == 0.0 or transformer_options.get("block") != ("input", 0) \
+                or transformer_options.get(REFERENCE_PASS) or not _in_range(run.sigma_range, transformer_options.get("sigmas")):
+            return h
+        halves = max(len(transformer_options.get("cond_or_uncond", [0])), 1)
+        if h.shape[0] % halves:
+            raise ValueError(f"Apply Pose Guider: {h.shape[0]} rows do not split into {halves} CFG halves.")
+        idx = frame_indices(transformer_options, h.shape[0] // halves)
+        if max(idx) >= run.feats.shape[0]:
+            raise ValueError(f"Apply Pose Guider: frame {max(idx)} is sampled but poses exist for {run.feats.shape[0]} frames.")
+        if run.feats.shape[-2:] != h.shape[-2:] or run.feats.shape[1] != h.shape[1]:
+            raise ValueError(f"Apply Pose Guider: features {tuple(run.feats.shape[1:])} do not fit the first block's output "
+                             f"{tuple(h.shape[1:])}.")
+        run.calls.append(idx)
+        return h + run.feats[idx].repeat(halves, 1, 1, 1).to(h.device, h.dtype)
+
+
+def apply_released_pose_guider(model, guider, poses: torch.Tensor, strength: float = 1.0, swap_rb: bool = False,
+                               start_percent: float = 0.0, end_percent: float = 1.0):
+    """A clone of a core SD1.5-family ``model`` with the released pose guider's features added after its ``conv_in``.
+    Returns (clone, patch)."""
+    import comfy.patcher_extension as pe
+
+    from ..models.errors import BadInputError
+
+    dm = getattr(model.model, "diffusion_model", None)
+    if dm is None or not hasattr(dm, "input_blocks"):
+        raise BadInputError(f"Apply Pose Guider supports UNet models (SD1.5 family); this MODEL is {type(model.model).__name__}.")
+    width = dm.input_blocks[0][0].out_channels
+    if width != guider.out_channels:
+        raise BadInputError(f"This pose guider makes {guider.out_channels}-channel features but the model's first block "
+                            f"gives {width} channels (SD1.5: 320); they cannot be added.")
+    if poses is None or poses.ndim != 4:
+        raise BadInputError("poses: expected an IMAGE batch of pose images, one per video frame.")
+    if strength < 0:
+        raise BadInputError(f"strength must be >= 0; got {strength}.")
+    _check_percents(start_percent, end_percent)
+    if any(getattr(p, "__self__", None).__class__ is ReleasedPoseGuiderPatch
+           for p in model.model_options.get("transformer_options", {}).get("patches", {}).get("input_block_patch", [])):
+        raise BadInputError("This MODEL already has Apply Pose Guider; apply it once (a second would add the poses twice).")
+    patch = ReleasedPoseGuiderPatch(guider.eval().requires_grad_(False), poses, strength, swap_rb, start_percent, end_percent)
+    m = model.clone()
+    m.set_model_input_block_patch(patch.input_block_patch)
+    m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, POSE_GUIDER_KEY, patch.outer_sample)
+    return m, patch
+
+
+class PerformerApplyPoseGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ._common import weight_choices
+
+        return io.Schema(
+            node_id="PerformerApplyPoseGuider", display_name="Apply Pose Guider (AnimateAnyone / MusePose, native) 🎭",
+            category=CAT,
+            description="The released pose guider of Moore-AnimateAnyone or MusePose (pose_guider.pth) on the MODEL your "
+                        "loaders give (SD1.5 family, ideally those projects' own denoising UNet): each frame's pose image "
+                        "is encoded and added after the UNet's conv_in, in both CFG halves, also inside core's and "
+                        "AnimateDiff-Evolved's context windows. Returns a patched copy; the input MODEL is unchanged.",
+            inputs=[_model_io()[0],
+                    io.Combo.Input("pose_guider", options=weight_choices("performer_adapters", with_dirs=False),
+                                   tooltip="pose_guider.pth (Moore-AnimateAnyone or MusePose) in models/performer/adapters."),
+                    io.Image.Input("poses", tooltip="Pose images, one per video frame (Draw Skeleton Maps: ControlNet colours)."),
+                    io.Combo.Input("colours", options=["controlnet (AnimateAnyone)", "red-blue swapped (MusePose)"],
+                                   tooltip="The colour order the guider was trained on: AnimateAnyone draws ControlNet's "
+                                           "colours; MusePose's videos have red and blue swapped."),
+                    io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
+                                   tooltip="Scale of the pose features: 1 = as released, 0 = off (exactly the unpatched model)."),
+                    *_range_inputs("Guide")],
+            outputs=[_model_io()[1]],
+        )
+
+    @classmethod
+    def execute(cls, model, pose_guider, poses, colours, strength, start_percent, end_percent) -> io.NodeOutput:
+        from ..models.guidance.pose_guider import load_released_pose_guider
+        from ._common import resolve
+
+        g = load_released_pose_guider(resolve(pose_guider, ("performer_adapters",)))
+        m, _ = apply_released_pose_guider(model, g, poses, strength, colours.startswith("red-blue"), start_percent, end_percent)
+        return io.NodeOutput(m)
+
+
+NODES = [PerformerApplyPoseGuider]
