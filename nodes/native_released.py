@@ -1,4 +1,5 @@
-"""Native patches that run released models' parts on core's MODEL.
+"""Native patches that run released models' parts on core's MODEL (Apply PoseNet (MimicMotion) works the same way on
+SVD, with MimicMotion's conventions: images in [−1, 1], conditional half only, frame 0 = the reference's pose).
 
 Apply Pose Guider (AnimateAnyone / MusePose, native): the released ``pose_guider.pth`` encodes each frame's pose image
 and its 320-channel output is added to the output of core's first input block (the UNet's ``conv_in``), as the
@@ -29,9 +30,15 @@ class _Run:
 
 
 class ReleasedPoseGuiderPatch:
-    def __init__(self, guider, poses: torch.Tensor, strength: float, swap_rb: bool, start_percent: float, end_percent: float):
+    """Features of a released pose encoder added after core's ``conv_in``: AnimateAnyone / MusePose's pose guider (both
+    CFG halves, pose images in [0, 1]) or MimicMotion's PoseNet (``cond_only``: the conditional half, images in
+    [−1, 1])."""
+
+    def __init__(self, guider, poses: torch.Tensor, strength: float, swap_rb: bool, start_percent: float, end_percent: float,
+                 signed: bool = False, cond_only: bool = False):
         self.guider, self.poses = guider, poses  # the module (CPU, eval) and the IMAGE batch
         self.strength, self.swap_rb = float(strength), bool(swap_rb)
+        self.signed, self.cond_only = bool(signed), bool(cond_only)
         self.start_percent, self.end_percent = float(start_percent), float(end_percent)
         self.run: Optional[_Run] = None
         self.runs = 0
@@ -47,6 +54,8 @@ class ReleasedPoseGuiderPatch:
         x = maps_to_tensor(self.poses, h * ds, w * ds, frames, "poses")
         if self.swap_rb:
             x = x[:, [2, 1, 0]]
+        if self.signed:
+            x = x * 2 - 1
         g = self.guider.to(device)
         try:
             with torch.no_grad():
@@ -71,7 +80,8 @@ class ReleasedPoseGuiderPatch:
         if run is None or self.strength == 0.0 or transformer_options.get("block") != ("input", 0) \
                 or transformer_options.get(REFERENCE_PASS) or not _in_range(run.sigma_range, transformer_options.get("sigmas")):
             return h
-        halves = max(len(transformer_options.get("cond_or_uncond", [0])), 1)
+        cond_or_uncond = list(transformer_options.get("cond_or_uncond", [0])) or [0]
+        halves = len(cond_or_uncond)
         if h.shape[0] % halves:
             raise ValueError(f"Apply Pose Guider: {h.shape[0]} rows do not split into {halves} CFG halves.")
         idx = frame_indices(transformer_options, h.shape[0] // halves)
@@ -81,20 +91,30 @@ class ReleasedPoseGuiderPatch:
             raise ValueError(f"Apply Pose Guider: features {tuple(run.feats.shape[1:])} do not fit the first block's output "
                              f"{tuple(h.shape[1:])}.")
         run.calls.append(idx)
-        return h + run.feats[idx].repeat(halves, 1, 1, 1).to(h.device, h.dtype)
+        f = run.feats[idx].to(h.device, h.dtype)
+        add = torch.cat([f if (c == 0 or not self.cond_only) else torch.zeros_like(f) for c in cond_or_uncond])
+        return h + add
 
 
 def apply_released_pose_guider(model, guider, poses: torch.Tensor, strength: float = 1.0, swap_rb: bool = False,
-                               start_percent: float = 0.0, end_percent: float = 1.0):
-    """A clone of a core SD1.5-family ``model`` with the released pose guider's features added after its ``conv_in``.
-    Returns (clone, patch)."""
+                               start_percent: float = 0.0, end_percent: float = 1.0, mimicmotion: bool = False):
+    """A clone of a core UNet ``model`` with a released pose encoder's features added after its ``conv_in``: the
+    AnimateAnyone / MusePose pose guider (SD1.5 family), or with ``mimicmotion`` MimicMotion's PoseNet (SVD; images in
+    [−1, 1], conditional half only). Returns (clone, patch)."""
+    import comfy.model_base
     import comfy.patcher_extension as pe
 
     from ..models.errors import BadInputError
 
     dm = getattr(model.model, "diffusion_model", None)
+    what = "Apply PoseNet (MimicMotion)" if mimicmotion else "Apply Pose Guider"
     if dm is None or not hasattr(dm, "input_blocks"):
-        raise BadInputError(f"Apply Pose Guider supports UNet models (SD1.5 family); this MODEL is {type(model.model).__name__}.")
+        raise BadInputError(f"{what} supports UNet models ({'SVD' if mimicmotion else 'SD1.5 family'}); this MODEL is "
+                            f"{type(model.model).__name__}.")
+    if mimicmotion != isinstance(model.model, comfy.model_base.SVD_img2vid):
+        raise BadInputError(f"{what} is for {'SVD' if mimicmotion else 'SD1.5-family'} models; this MODEL is "
+                            f"{type(model.model).__name__}" + (" (use Apply PoseNet (MimicMotion) on SVD)." if not mimicmotion
+                                                               else " (use Apply Pose Guider on SD1.5)."))
     width = dm.input_blocks[0][0].out_channels
     if width != guider.out_channels:
         raise BadInputError(f"This pose guider makes {guider.out_channels}-channel features but the model's first block "
@@ -107,7 +127,8 @@ def apply_released_pose_guider(model, guider, poses: torch.Tensor, strength: flo
     if any(getattr(p, "__self__", None).__class__ is ReleasedPoseGuiderPatch
            for p in model.model_options.get("transformer_options", {}).get("patches", {}).get("input_block_patch", [])):
         raise BadInputError("This MODEL already has Apply Pose Guider; apply it once (a second would add the poses twice).")
-    patch = ReleasedPoseGuiderPatch(guider.eval().requires_grad_(False), poses, strength, swap_rb, start_percent, end_percent)
+    patch = ReleasedPoseGuiderPatch(guider.eval().requires_grad_(False), poses, strength, swap_rb, start_percent, end_percent,
+                                    signed=mimicmotion, cond_only=mimicmotion)
     m = model.clone()
     m.set_model_input_block_patch(patch.input_block_patch)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, POSE_GUIDER_KEY, patch.outer_sample)
@@ -149,4 +170,41 @@ class PerformerApplyPoseGuider(io.ComfyNode):
         return io.NodeOutput(m)
 
 
-NODES = [PerformerApplyPoseGuider]
+class PerformerApplyPoseNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ._common import weight_choices
+
+        return io.Schema(
+            node_id="PerformerApplyPoseNet", display_name="Apply PoseNet (MimicMotion, native) 🎭", category=CAT,
+            description="MimicMotion's released PoseNet on the SVD MODEL your loaders give: each frame's pose image "
+                        "(values mapped to [-1, 1]) is encoded and added after the UNet's conv_in in the conditional "
+                        "CFG half, as MimicMotion does. As in MimicMotion, frame 0 of the poses is the reference image's "
+                        "own pose (the video's first frame is the reference). Returns a patched copy; the input MODEL is "
+                        "unchanged.",
+            inputs=[_model_io()[0],
+                    io.Combo.Input("pose_net", options=weight_choices("performer_adapters", with_dirs=False),
+                                   tooltip="MimicMotion_1-1.pth (its PoseNet is read, the UNet skipped) or a PoseNet-only "
+                                           "file (mimic_motion_pose_net.safetensors) in models/performer/adapters."),
+                    io.Image.Input("poses", tooltip="Pose images, one per video frame; frame 0 = the reference image's pose."),
+                    io.Combo.Input("colours", options=["red-blue swapped (MimicMotion)", "controlnet"],
+                                   tooltip="MimicMotion's pose videos have red and blue swapped against ControlNet's colours "
+                                           "(Draw Skeleton Maps draws ControlNet's)."),
+                    io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
+                                   tooltip="Scale of the pose features: 1 = as released, 0 = off (exactly the unpatched model)."),
+                    *_range_inputs("Guide")],
+            outputs=[_model_io()[1]],
+        )
+
+    @classmethod
+    def execute(cls, model, pose_net, poses, colours, strength, start_percent, end_percent) -> io.NodeOutput:
+        from ..models.guidance.pose_guider import load_mimicmotion_pose_net
+        from ._common import resolve
+
+        g = load_mimicmotion_pose_net(resolve(pose_net, ("performer_adapters",)))
+        m, _ = apply_released_pose_guider(model, g, poses, strength, colours.startswith("red-blue"), start_percent,
+                                          end_percent, mimicmotion=True)
+        return io.NodeOutput(m)
+
+
+NODES = [PerformerApplyPoseGuider, PerformerApplyPoseNet]

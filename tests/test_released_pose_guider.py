@@ -197,3 +197,87 @@ def test_pose_guider_on_a_real_size_sd15_checkpoint_in_the_host(host, models_tre
             counts = host.get("/performer_test/alive")["counts"]["ReleasedPoseGuiderPatch"]
             assert counts["runs"] >= 1 and counts["last_calls"] == [[0, 1, 2, 3]] * 2, counts
     assert any(not np.array_equal(a, b) for a, b in zip(*frames))
+
+
+# ----------------------------------------------------------------------------- MimicMotion's PoseNet on SVD
+
+def mimic_state(out_channels=320, seed=0, scale=0.1, prefixed=True):
+    with open(os.path.join(tm.HERE, "data", "released_layouts", "MimicMotion_1-1.pth.json")) as fh:
+        keys = {k: v for k, v in json.load(fh)["keys"].items() if k.startswith("pose_net.")}
+    assert len(keys) == 19
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, shape in keys.items():
+        if k.startswith("pose_net.final_proj"):
+            shape = [out_channels] + shape[1:]
+        out[k if prefixed else k[len("pose_net."):]] = (torch.ones(shape) * 1.13 if k.endswith("scale")
+                                                       else scale * torch.randn(shape, generator=g))
+    return out
+
+
+def test_mimicmotion_posenet_layout_forward_and_refusals(tmp_path):
+    from performer_pkg.models.errors import BadModelFileError
+    from performer_pkg.models.guidance.pose_guider import load_mimicmotion_pose_net
+
+    sd = mimic_state()
+    ckpt = {**sd, "unet.conv_in.weight": torch.zeros(320, 8, 3, 3)}  # the checkpoint also holds the UNet: skipped
+    torch.save({k: v.half() for k, v in ckpt.items()}, str(tmp_path / "MimicMotion_1-1.pth"))
+    net = load_mimicmotion_pose_net(str(tmp_path / "MimicMotion_1-1.pth"))
+    assert sum(v.numel() for v in net.state_dict().values()) == 205_557
+    x = torch.rand(2, 3, 64, 48) * 2 - 1
+    w = {k[len("pose_net."):]: v.half().float() for k, v in sd.items()}
+    h = F.silu(F.conv2d(x, w["conv_layers.0.weight"], w["conv_layers.0.bias"], padding=1))
+    for i in (2, 6, 10):
+        h = F.silu(F.conv2d(h, w[f"conv_layers.{i}.weight"], w[f"conv_layers.{i}.bias"], stride=2, padding=1))
+        h = F.silu(F.conv2d(h, w[f"conv_layers.{i + 2}.weight"], w[f"conv_layers.{i + 2}.bias"], padding=1))
+    h = F.silu(F.conv2d(h, w["conv_layers.14.weight"], w["conv_layers.14.bias"], padding=1))
+    want = F.conv2d(h, w["final_proj.weight"], w["final_proj.bias"]) * w["scale"]
+    with torch.no_grad():
+        got = net(x)
+    assert got.shape == (2, 320, 8, 6) and torch.allclose(got, want, atol=1e-5)
+    from safetensors.torch import save_file
+
+    save_file(mimic_state(prefixed=False), str(tmp_path / "mimic_motion_pose_net.safetensors"))  # kijai's extracted file
+    assert load_mimicmotion_pose_net(str(tmp_path / "mimic_motion_pose_net.safetensors")).scale.item() == pytest.approx(1.13)
+    torch.save(released_state(), str(tmp_path / "pose_guider.pth"))  # AnimateAnyone's guider is another model
+    with pytest.raises(BadModelFileError, match=r"pose_guider\.pth is not a MimicMotion checkpoint or PoseNet"):
+        load_mimicmotion_pose_net(str(tmp_path / "pose_guider.pth"))
+    torch.save({k: v for k, v in sd.items() if "conv_layers.4" not in k}, str(tmp_path / "cut.pth"))
+    with pytest.raises(BadModelFileError, match=r"cut\.pth does not have the MimicMotion PoseNet's layout"):
+        load_mimicmotion_pose_net(str(tmp_path / "cut.pth"))
+
+
+def test_posenet_on_core_svd_adds_to_the_conditional_half_only_and_refuses_sd15(tmp_path):
+    """On core's tiny SVD model (conv_in width 64: the same key layout at that width): strength 0 exact, the video
+    changes, rows of the unconditional half get nothing, images map to [−1, 1] with red and blue swapped, the
+    original is unchanged; Pose Guider and PoseNet each refuse the other's model family."""
+    from performer_pkg.models.errors import BadInputError
+    from performer_pkg.models.guidance.pose_guider import load_mimicmotion_pose_net
+    from performer_pkg.nodes.native_released import _Run, apply_released_pose_guider
+
+    torch.save(mimic_state(out_channels=64, seed=3, scale=0.3, prefixed=False), str(tmp_path / "pn.pth"))
+    net = load_mimicmotion_pose_net(str(tmp_path / "pn.pth"))
+    svd = tm.core_svd_patcher()
+    before = repr(svd.model_options)
+    poses = torch.rand(3, 16, 16, 3, generator=torch.Generator().manual_seed(6))
+    m, patch = apply_released_pose_guider(svd, net, poses, 1.0, True, mimicmotion=True)
+    feats = patch.features(3, 8, 8, "cpu")  # at 8 × the latent size, red and blue swapped, in [−1, 1]
+    pix = F.interpolate(poses.permute(0, 3, 1, 2), size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        assert torch.allclose(feats, net(pix[:, [2, 1, 0]] * 2 - 1), atol=1e-6)
+    patch.run = _Run(feats, None)
+    h = torch.zeros(6, 64, 8, 8)
+    out = patch.input_block_patch(h, {"block": ("input", 0), "cond_or_uncond": [1, 0]})
+    assert torch.equal(out[:3], torch.zeros(3, 64, 8, 8)) and torch.equal(out[3:], feats)  # uncond rows untouched
+    patch.run = None
+    from test_native import _svd_sample
+
+    base = _svd_sample(svd, frames=3)
+    m0, _ = apply_released_pose_guider(svd, net, poses, 0.0, True, mimicmotion=True)
+    assert torch.equal(_svd_sample(m0, frames=3), base)
+    assert (_svd_sample(m, frames=3) - base).abs().max() > 1e-3 and patch.last_calls == [[0, 1, 2]] * 3
+    assert repr(svd.model_options) == before
+    with pytest.raises(BadInputError, match="Apply Pose Guider is for SD1.5-family models.*PoseNet"):
+        apply_released_pose_guider(svd, net, poses)
+    with pytest.raises(BadInputError, match="PoseNet \\(MimicMotion\\) is for SVD models"):
+        apply_released_pose_guider(tm.core_sd15_patcher(), net, poses, mimicmotion=True)

@@ -50,13 +50,54 @@ def load_released_pose_guider(path: str) -> ReleasedPoseGuider:
     if "conv_out.weight" not in sd or sd["conv_out.weight"].ndim != 4:
         raise BadModelFileError(f"{path} is not an AnimateAnyone / MusePose pose guider (no conv_out.weight; it holds keys "
                                 f"such as {sorted(sd)[:3]}).")
-    m = ReleasedPoseGuider(out_channels=sd["conv_out.weight"].shape[0])
-    want: Dict[str, tuple] = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    return _strict(ReleasedPoseGuider(out_channels=sd["conv_out.weight"].shape[0]), sd, path, "pose guider")
+
+
+class MimicMotionPoseNet(nn.Module):
+    """MimicMotion's PoseNet (``pose_net.*`` in ``MimicMotion_1-1.pth``; kijai's ``mimic_motion_pose_net.safetensors``
+    holds the same tensors without the prefix): pose images in [−1, 1] → 320 channels at 1/8 of the pixels, times a
+    learnt ``scale``, added after the SVD UNet's ``conv_in`` in the conditional half only (``docs/research/
+    released_pose_models.md`` §3).  ``conv_layers``: 3×3 3 → 3, then per level a 4×4 stride-2 conv (3 → 16 → 32 → 64)
+    and a 3×3 conv, a last 3×3 conv 64 → 128, SiLU after each; ``final_proj`` 1×1 128 → 320."""
+
+    def __init__(self, out_channels: int = 320):
+        super().__init__()
+        layers, c = [nn.Conv2d(3, 3, 3, padding=1), nn.SiLU()], 3
+        for w in (16, 32, 64):
+            layers += [nn.Conv2d(c, w, 4, stride=2, padding=1), nn.SiLU(), nn.Conv2d(w, w, 3, padding=1), nn.SiLU()]
+            c = w
+        layers += [nn.Conv2d(64, 128, 3, padding=1), nn.SiLU()]
+        self.conv_layers = nn.Sequential(*layers)
+        self.final_proj = nn.Conv2d(128, out_channels, 1)
+        self.scale = nn.Parameter(torch.ones(1) * 2)
+        self.out_channels, self.downsample = out_channels, 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(frames, 3, H, W) pose images in [−1, 1] → (frames, out_channels, H / 8, W / 8)."""
+        return self.final_proj(self.conv_layers(x)) * self.scale
+
+
+def _strict(module: nn.Module, sd: Dict[str, torch.Tensor], path: str, what: str) -> nn.Module:
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in sd.items()}
     if got != want:
         missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
         wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
-        raise BadModelFileError(f"{path} does not have the pose guider's layout (missing {missing[:3]}, unexpected "
+        raise BadModelFileError(f"{path} does not have the {what}'s layout (missing {missing[:3]}, unexpected "
                                 f"{extra[:3]}, other shapes {[(k, got[k], want[k]) for k in wrong[:2]]}).")
-    m.load_state_dict({k: v.float() for k, v in sd.items()})
-    return m.eval().requires_grad_(False)
+    module.load_state_dict({k: v.float() for k, v in sd.items()})
+    return module.eval().requires_grad_(False)
+
+
+def load_mimicmotion_pose_net(path: str) -> MimicMotionPoseNet:
+    """The PoseNet of a MimicMotion checkpoint (``MimicMotion_1-1.pth``: its ``pose_net.*`` tensors, the UNet's are
+    skipped) or of a file holding only the PoseNet."""
+    from ..backbones.weights import read_state_dict
+
+    sd = read_state_dict(path)
+    if any(k.startswith("pose_net.") for k in sd):
+        sd = {k[len("pose_net."):]: v for k, v in sd.items() if k.startswith("pose_net.")}
+    if "final_proj.weight" not in sd or sd["final_proj.weight"].ndim != 4:
+        raise BadModelFileError(f"{path} is not a MimicMotion checkpoint or PoseNet (no pose_net.final_proj.weight; it "
+                                f"holds keys such as {sorted(sd)[:3]}).")
+    return _strict(MimicMotionPoseNet(sd["final_proj.weight"].shape[0]), sd, path, "MimicMotion PoseNet")
