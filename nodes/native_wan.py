@@ -1,5 +1,6 @@
-"""Native, Wan 2.x: causal reference attention (SCD) on core's Wan DiT (``comfy.ldm.wan.model.WanModel`` and its
-subclasses: text-to-video, image-to-video, Wan-Animate, VACE).
+"""Native, Wan 2.x: causal reference attention (SCD) on core's Wan DiT (``comfy.ldm.wan.model.WanModel``: Wan 2.1 / 2.2
+text-to-video, image-to-video and TI2V, and ``AnimateWanModel``: Wan 2.2 Animate).  Core's other Wan variants (VACE,
+camera, S2V, HuMo) run extra blocks or call the block replacement differently; they are refused until tested.
 
 How it hooks into core, on a clone of the user's ``MODEL`` (never replacing a class):
 
@@ -151,6 +152,13 @@ def apply_wan_causal_reference(model, latent: torch.Tensor, strength: float, unc
     from .native import KEY
 
     dm = wan_diffusion_model(model)
+    from comfy.ldm.wan.model import WanModel
+    from comfy.ldm.wan.model_animate import AnimateWanModel
+
+    if type(dm) not in (WanModel, AnimateWanModel):
+        raise BadInputError(f"Apply Causal Reference supports core's Wan 2.1 / 2.2 text-to-video, image-to-video, TI2V and "
+                            f"Animate models; this one is {type(dm).__name__} (VACE, camera, S2V and HuMo are not tested "
+                            "with it yet).")
     if latent.ndim == 4:
         latent = latent[:, :, None]
     if latent.ndim != 5 or latent.shape[0] != 1 or latent.shape[2] != 1:

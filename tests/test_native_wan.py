@@ -217,6 +217,10 @@ def test_an_earlier_block_replacement_is_kept_and_bad_inputs_are_refused(wan):
         apply_causal_reference(wan, torch.zeros(1, 16, 2, H, W), 1.0)
     with pytest.raises(BadInputError, match="uncond"):
         apply_causal_reference(wan, ref_latent(), 1.0, uncond="maybe")
+    vace = tm.core_wan_patcher(model_type="vace")
+    assert type(vace.model.diffusion_model).__name__ == "VaceWanModel"
+    with pytest.raises(BadInputError, match="VaceWanModel.*not tested"):
+        apply_causal_reference(vace, ref_latent(), 1.0)
     small, _ = apply_causal_reference(wan, torch.zeros(1, 16, 1, 2, 2), 1.0)
     with pytest.raises(ValueError, match="resize the reference"):
         sample(small, steps=1)

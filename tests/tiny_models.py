@@ -673,8 +673,8 @@ WAN_VAE_FILE = "vae/wan_2.1_vae.safetensors"
 def wan_dit_state(seed: int = 61, model_type: str = "t2v", **over) -> Dict[str, torch.Tensor]:
     """A Wan DiT state dict in core's (and the released files') key layout: ``t2v``, ``ti2v`` (Wan 2.2 5B, 48 channels),
     ``i2v`` (36 input channels +
-    the CLIP-vision projection) or ``animate`` (Wan-Animate: pose patch embedding, face adapter, motion encoder; needs
-    at least 5 layers for one face-adapter layer).  Random weights, fp16."""
+    the CLIP-vision projection), ``animate`` (Wan-Animate: pose patch embedding, face adapter, motion encoder; needs
+    at least 5 layers for one face-adapter layer) or ``vace`` (one VACE block).  Random weights, fp16."""
     ensure_comfy_importable()
     import comfy.ops
     from comfy.ldm.wan.model import WanModel
@@ -689,6 +689,10 @@ def wan_dit_state(seed: int = 61, model_type: str = "t2v", **over) -> Dict[str, 
     elif model_type == "animate":
         cls, kw = AnimateWanModel, dict(in_dim=36)
         cfg["num_layers"] = max(cfg["num_layers"], 5)
+    elif model_type == "vace":  # Wan 2.1 VACE: control blocks beside the main ones
+        from comfy.ldm.wan.model import VaceWanModel
+
+        cls, kw = VaceWanModel, dict(in_dim=16, vace_layers=1, vace_in_dim=96)
     m = cls(num_heads=cfg["dim"] // 128, device="meta", operations=comfy.ops.disable_weight_init, **cfg, **kw)
     sd = _random_state(m, seed)
     if model_type == "animate":  # core's detection needs the face adapter's first block
