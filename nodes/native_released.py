@@ -21,6 +21,7 @@ from comfy_api.latest import io
 from .native import CAT, REFERENCE_PASS, _check_percents, _in_range, _model_io, _range_inputs, _sigma_range, frame_indices
 
 POSE_GUIDER_KEY = "performer_released_pose_guider"
+CHUNK = 16  # frames encoded at once
 
 
 class _Run:
@@ -58,12 +59,14 @@ class ReleasedPoseGuiderPatch:
             x = x * 2 - 1
         g = self.guider.to(device)
         try:
-            with torch.no_grad():
-                return g(x.to(device)) * self.strength
+            with torch.no_grad():  # in chunks of frames: a long clip's full-resolution activations would not fit at once
+                return torch.cat([g(x[i:i + CHUNK].to(device)) * self.strength for i in range(0, len(x), CHUNK)])
         finally:
             self.guider.to("cpu")
 
     def outer_sample(self, executor, noise, latent_image, *args, **kwargs):
+        if self.strength == 0.0:  # exactly the unpatched model: nothing computed, nothing checked
+            return executor(noise, latent_image, *args, **kwargs)
         guider = executor.class_obj
         ms = guider.model_patcher.get_model_object("model_sampling")
         frames, h, w = latent_image.shape[0], latent_image.shape[-2], latent_image.shape[-1]
@@ -111,7 +114,9 @@ def apply_released_pose_guider(model, guider, poses: torch.Tensor, strength: flo
     if dm is None or not hasattr(dm, "input_blocks"):
         raise BadInputError(f"{what} supports UNet models ({'SVD' if mimicmotion else 'SD1.5 family'}); this MODEL is "
                             f"{type(model.model).__name__}.")
-    if mimicmotion != isinstance(model.model, comfy.model_base.SVD_img2vid):
+    family_ok = isinstance(model.model, comfy.model_base.SVD_img2vid) if mimicmotion else \
+        type(model.model) is comfy.model_base.BaseModel  # SD1.5 / SD2 (SDXL, SVD and others are subclasses)
+    if not family_ok:
         raise BadInputError(f"{what} is for {'SVD' if mimicmotion else 'SD1.5-family'} models; this MODEL is "
                             f"{type(model.model).__name__}" + (" (use Apply PoseNet (MimicMotion) on SVD)." if not mimicmotion
                                                                else " (use Apply Pose Guider on SD1.5)."))

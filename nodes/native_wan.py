@@ -28,7 +28,7 @@ How it hooks into core, on a clone of the user's ``MODEL`` (never replacing a cl
 """
 from __future__ import annotations
 
-from typing import Optional
+import logging
 
 import torch
 
@@ -50,6 +50,8 @@ def wan_diffusion_model(model):
 
 class WanCausalReferencePatch(CausalReferencePatch):
     """Causal reference attention on a Wan DiT: per-run state as the UNet patch, K/V cached per block index."""
+
+    blocks = 0  # the DiT's block count (set by apply_wan_causal_reference)
 
     # ------------------------------------------------------------------ the write pass
     def _write(self, executor, base, x, c_concat, c_crossattn, topts, kwargs, cond_or_uncond, n):
@@ -81,6 +83,13 @@ class WanCausalReferencePatch(CausalReferencePatch):
             run.mode = "off"
         run.written = True
         self.writes += 1
+        if not run.cache:  # nothing reached the override: every read would silently be plain attention
+            raise RuntimeError("Apply Causal Reference: the reference pass reached no self-attention layer (another node "
+                               "replaces the Wan blocks or their attention without core's override); the reference would "
+                               "be ignored.")
+        if len(run.cache) < self.blocks:
+            logging.warning("Apply Causal Reference: the reference pass reached %d of %d Wan blocks; the others run "
+                            "without the reference.", len(run.cache), self.blocks)
 
     # ------------------------------------------------------------------ dit block replacement + attention override
     def block_replace(self, index: int, previous=None):
@@ -142,6 +151,29 @@ def _input_scale(ms, sigma) -> torch.Tensor:
     return probe / ms.calculate_input(sigma, probe).reshape(-1)[0]
 
 
+def _check_core_features(dm) -> None:
+    """The core features the Wan patch stands on (ComfyUI 0.3.75 has them; older cores lack some): the attention
+    override (``wrap_attn``), RoPE options in Wan's ``rope_encode`` and Wan-Animate's module.  Without them the patch
+    would crash or silently put the reference at frame 0's position, so it refuses."""
+    import inspect
+
+    import comfy.ldm.modules.attention as attention
+    from ..models.errors import BadInputError
+
+    missing = []
+    if not hasattr(attention, "wrap_attn"):
+        missing.append("the attention override (optimized_attention_override)")
+    if "transformer_options" not in inspect.signature(dm.rope_encode).parameters:
+        missing.append("RoPE options in Wan's rope_encode")
+    try:
+        import comfy.ldm.wan.model_animate  # noqa: F401
+    except ImportError:
+        missing.append("Wan 2.2 Animate (comfy.ldm.wan.model_animate)")
+    if missing:
+        raise BadInputError("Apply Causal Reference on Wan needs a newer ComfyUI (0.3.75 is tested); this one lacks "
+                            + ", ".join(missing) + ".")
+
+
 def apply_wan_causal_reference(model, latent: torch.Tensor, strength: float, uncond: str, start_percent: float,
                                end_percent: float):
     """A clone of a core Wan ``model`` with causal reference attention to ``latent`` (one Wan VAE latent frame,
@@ -152,6 +184,7 @@ def apply_wan_causal_reference(model, latent: torch.Tensor, strength: float, unc
     from .native import KEY
 
     dm = wan_diffusion_model(model)
+    _check_core_features(dm)
     from comfy.ldm.wan.model import WanModel
     from comfy.ldm.wan.model_animate import AnimateWanModel
 
@@ -177,6 +210,7 @@ def apply_wan_causal_reference(model, latent: torch.Tensor, strength: float, unc
         raise BadInputError("This MODEL already has Apply Causal Reference; apply it once (a second reference pass would "
                             "replace the first one's cache).")
     patch = WanCausalReferencePatch(latent.detach().to("cpu", torch.float32), strength, uncond, start_percent, end_percent)
+    patch.blocks = len(dm.blocks)
     m = model.clone()
     for i in range(len(dm.blocks)):
         m.set_model_patch_replace(patch.block_replace(i, taken.get(("double_block", i))), "dit", "double_block", i)

@@ -157,18 +157,21 @@ class PerformerFaceCrops(io.ComfyNode):
             node_id="PerformerFaceCrops", display_name="Face Crops (Wan-Animate face video) 🎭", category=CAT,
             description="Square crops of the driving person's face in every frame, from the pose's 68 face landmarks, "
                         "framed as Wan-Animate's preprocessing frames them (the landmarks' box grown to 1.3× its area, "
-                        "most of the growth upwards), resized to 512 × 512: the face_video WanAnimateToVideo takes for "
-                        "expressions. Frames without face landmarks reuse the nearest frame's box.",
+                        "most of the growth upwards) and resized to 512 × 512 as it does (stretched; square is an option): "
+                        "the face_video WanAnimateToVideo takes for expressions. Frames without face landmarks reuse the "
+                        "nearest frame's box.",
             inputs=[io.Image.Input("images", tooltip="The driving video's frames (the ones the pose was extracted from)."),
                     POSE.Input("pose", tooltip="The driving video's pose with face landmarks, same frames and size."),
                     io.Int.Input("size", default=512, min=64, max=2048, step=8, tooltip="Side of the square crops (Wan-Animate: 512)."),
                     io.Float.Input("scale", default=1.3, min=1.0, max=4.0, step=0.05, tooltip="Area of the crop ÷ area of the landmarks' box."),
-                    io.Int.Input("person", default=0, min=0, max=63, tooltip="Which person of the pose (0 = first).")],
+                    io.Int.Input("person", default=0, min=0, max=63, tooltip="Which person of the pose (0 = first)."),
+                    io.Boolean.Input("square", default=False, tooltip="Widen each box to a square before resizing "
+                                                                     "(off: stretch the box, as Wan-Animate's preprocessing).")],
             outputs=[io.Image.Output(display_name="faces", tooltip="One face crop per frame (size × size).")],
         )
 
     @classmethod
-    def execute(cls, images, pose, size, scale, person) -> io.NodeOutput:
+    def execute(cls, images, pose, size, scale, person, square=False) -> io.NodeOutput:
         from ..models.errors import BadInputError
         from ..models.pose.face import crop_faces, face_boxes
 
@@ -183,7 +186,7 @@ class PerformerFaceCrops(io.ComfyNode):
         if person >= pose.people:
             raise BadInputError(f"person {person} does not exist; the pose has {pose.people} people.")
         boxes = face_boxes(pose.keypoints[:, person], pose.width, pose.height, scale)
-        faces = torch.from_numpy(crop_faces(images[..., :3].float().cpu().numpy(), boxes, size))
+        faces = torch.from_numpy(crop_faces(images[..., :3].float().cpu().numpy(), boxes, size, square))
         return io.NodeOutput(faces, ui=preview("faces", images=faces, fps=pose.fps))
 
 

@@ -78,9 +78,12 @@ def _check_video_vae_frames(vae, frames: int) -> None:
         return
     back = up[0](down[0](frames))
     if back != frames:
+        keeps = [f for f in range(1, 2 * frames + 16) if up[0](down[0](f)) == f]
+        below, above = max((f for f in keeps if f < frames), default=None), min((f for f in keeps if f > frames), default=None)
+        near = " or ".join(str(f) for f in (below, above) if f is not None)
         raise BadInputError(f"video: {frames} frames, but this video VAE encodes frames in groups and would give back "
-                            f"{back}; use a frame count it keeps (Wan: 4k + 1, e.g. {max(1, (frames - 1) // 4 * 4 + 1)} "
-                            "or " f"{(frames - 1) // 4 * 4 + 5}) — Pose Frames (4k+1) sets it for the whole workflow.")
+                            f"{back}; use a frame count it keeps (e.g. {near}; Wan's: 4k + 1) — Pose Frames (4k+1) "
+                            "sets it for the whole workflow.")
 
 
 def _check_inputs(video, maps: dict, flow):

@@ -289,7 +289,7 @@ def test_pose_frames_and_refine_ivr_keep_wan_frame_counts(wan):
     assert vae.latent_dim == 3
     video = torch.rand((9, 16, 16, 3))
     assert vae.decode(vae.encode(video)).reshape(-1, 16, 16, 3).shape[0] == 9  # core's Wan VAE keeps 9 = 4·2 + 1
-    with pytest.raises(BadInputError, match=r"8 frames.*give back 5.*4k \+ 1, e.g. 5 or 9"):
+    with pytest.raises(BadInputError, match=r"8 frames.*give back 5.*e.g. 5 or 9; Wan.s: 4k \+ 1"):
         PerformerRefineIVRNative.execute(wan, cond(62), cond(64), vae, video[:8], 40, 20, 0.5, 0.2, 0.0, 2, 5.0, "euler",
                                          "simple", 0)
 
@@ -411,3 +411,20 @@ def test_skeleton_maps_and_face_crops_as_wan_animate_takes_them():
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     out = comfy.sample.sample(m, noise, 1, 5.0, "euler", "simple", pos, neg, x, disable_pbar=True, seed=0)
     assert out.shape == x.shape and torch.isfinite(out).all() and patch.writes == 1 and trim == 1
+
+
+def test_a_reference_pass_that_reaches_no_self_attention_is_an_error_not_a_silent_no_op(wan):
+    """A block replacement that runs the block without the transformer_options it was given (so the override never
+    sees the self-attention) leaves the reference cache empty: the run stops with an error naming the cause."""
+    from performer_pkg.nodes.native import apply_causal_reference
+
+    def blind(args, extra):
+        return extra["original_block"]({**args, "transformer_options": {}})
+
+    other = wan.clone()
+    for i in range(len(wan.model.diffusion_model.blocks)):
+        other.set_model_patch_replace(blind, "dit", "double_block", i)
+    m, patch = apply_causal_reference(other, ref_latent(), 1.0)
+    with pytest.raises(RuntimeError, match="reached no self-attention layer"):
+        sample(m, steps=1)
+    assert patch.run is None and not patch.last_run.cache

@@ -510,6 +510,12 @@ def with_identity_adapter(bb: Backbone, path: Optional[str], clip_vision: Option
         src["arcface"] = arcface
     ad = parts.get("identity_adapter", bb.identity_adapter)
     enc = parts.get("image_encoder", bb.image_encoder)
+    if ad is not None and clip_vision and not ad.config["num_image_tokens"]:
+        raise BadInputError("clip_vision is given but this identity adapter has no CLIP-image tokens (a FaceID or face-only "
+                            "adapter); it would be ignored. Set clip_vision to none.")
+    if ad is not None and arcface and not ad.config["num_face_tokens"]:
+        raise BadInputError("arcface is given but this identity adapter has no face tokens (a plain IP-Adapter); it would "
+                            "be ignored. Set arcface to none, or use a FaceID adapter.")
     if ad is not None and ad.config["clip_dim"] and enc is not None and enc.config.projection_dim != ad.config["clip_dim"]:
         raise BadInputError(f"The identity adapter expects {ad.config['clip_dim']}-d CLIP embeddings; the CLIP vision model gives "
                             f"{enc.config.projection_dim}-d.")

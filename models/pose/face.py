@@ -158,18 +158,23 @@ def face_boxes(keypoints: np.ndarray, width: int, height: int, scale: float = 1.
     return boxes
 
 
-def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = 512) -> np.ndarray:
-    """``frames`` (F, H, W, 3) float in [0, 1] cropped to ``boxes`` and resized to ``size`` × ``size`` (area
-    interpolation; the box is first widened to a square around its centre, inside the image where it fits)."""
+def crop_faces(frames: np.ndarray, boxes: np.ndarray, size: int = 512, square: bool = False) -> np.ndarray:
+    """``frames`` (F, H, W, 3) float in [0, 1] cropped to ``boxes`` and resized to ``size`` × ``size``.  By default the
+    box itself is resized (stretched), as Wan-Animate's preprocessing resizes its face boxes to 512 × 512; with
+    ``square`` the box is first widened to a square around its centre, inside the image where it fits."""
     cv2 = _cv2()
     out = np.zeros((len(frames), size, size, 3), np.float32)
     H, W = frames.shape[1:3]
     for i, (fr, (x0, y0, x1, y1)) in enumerate(zip(frames, boxes)):
-        side = max(x1 - x0, y1 - y0, 2.0)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        a = int(round(min(max(cx - side / 2, 0), max(W - side, 0))))
-        b = int(round(min(max(cy - side / 2, 0), max(H - side, 0))))
-        s = int(round(min(side, W, H)))
-        crop = np.ascontiguousarray(fr[b:b + s, a:a + s])
-        out[i] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_LINEAR)
+        if square:
+            side = max(x1 - x0, y1 - y0, 2.0)
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            x0 = min(max(cx - side / 2, 0), max(W - side, 0))
+            y0 = min(max(cy - side / 2, 0), max(H - side, 0))
+            x1, y1 = x0 + min(side, W), y0 + min(side, H)
+        a, b = int(np.floor(x0)), int(np.floor(y0))
+        c, d = max(int(np.ceil(x1)), a + 1), max(int(np.ceil(y1)), b + 1)
+        crop = np.ascontiguousarray(fr[b:d, a:c])
+        big = crop.shape[0] > size or crop.shape[1] > size
+        out[i] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if big else cv2.INTER_LINEAR)
     return out

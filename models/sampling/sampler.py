@@ -29,6 +29,7 @@ a seed gives the same video on every run and device.  UNet processors are restor
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -285,6 +286,13 @@ class _Run:
         if ad is not None:
             clip = ref.clip_embeds if ref is not None else None
             face = ref.face_embeds if ref is not None else None
+            for kind, have, scale, fix in (("CLIP-image", clip, s.image_scale, "a clip_vision model in Add Identity Adapter"),
+                                           ("face", face, s.face_scale, "an ArcFace model and a face in the reference")):
+                n = ad.config["num_image_tokens" if kind == "CLIP-image" else "num_face_tokens"]
+                if n and scale > 0 and have is None:
+                    logging.warning("Identity adapter: the reference has no %s embedding, so its %s tokens are the "
+                                    "unconditional ones and change nothing; give it %s, or set that scale to 0.",
+                                    kind, kind, fix)
             id_unc = ad.tokens(None, None).to(dev, dt)
             id_cond = ad.tokens(clip, face).to(dev, dt)
         # base context rows [uncond, cond]
