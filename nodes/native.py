@@ -63,6 +63,20 @@ def frame_indices(transformer_options: dict, n: int) -> list:
     return idx
 
 
+def row_frames(transformer_options: dict, rows: int, available: int, who: str) -> Tuple[list, list]:
+    """(cond_or_uncond of the call, the video frame of each row of one CFG half) for a patch that adds per-frame
+    features: the rows must split into the call's CFG halves, and every frame of the context window must have
+    features (``available`` frames)."""
+    cond_or_uncond = list(transformer_options.get("cond_or_uncond", [0])) or [0]
+    halves = len(cond_or_uncond)
+    if rows % halves:
+        raise ValueError(f"{who}: {rows} rows do not split into {halves} CFG halves.")
+    idx = frame_indices(transformer_options, rows // halves)
+    if max(idx) >= available:
+        raise ValueError(f"{who}: frame {max(idx)} is sampled but pose features exist for {available} frames.")
+    return cond_or_uncond, idx
+
+
 class _Run:
     """One sampling run's reference state."""
 
@@ -344,15 +358,9 @@ class PoseGuidancePatch:
         else:
             if not _in_range(run.sigma_range, transformer_options.get("sigmas")):
                 return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
-            halves = max(len(transformer_options.get("cond_or_uncond", [0])), 1)
-            if x.shape[0] % halves:
-                raise ValueError(f"Apply Pose Guidance: {x.shape[0]} rows do not split into {halves} CFG halves.")
-            idx = frame_indices(transformer_options, x.shape[0] // halves)
-            if max(idx) >= run.feats.shape[0]:
-                raise ValueError(f"Apply Pose Guidance: frame {max(idx)} is sampled but pose features exist for "
-                                 f"{run.feats.shape[0]} frames.")
+            cond_or_uncond, idx = row_frames(transformer_options, x.shape[0], run.feats.shape[0], "Apply Pose Guidance")
             run.calls.append(idx)
-            add = run.feats[idx].repeat(halves, 1, 1, 1)
+            add = run.feats[idx].repeat(len(cond_or_uncond), 1, 1, 1)
         if add is not None:
             c = add.shape[1]
             x = torch.cat([x[:, :c] + add.to(x.device, x.dtype), x[:, c:]], 1)  # SVD: only the noisy half of 8 channels

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from comfy_api.latest import io
 
-from .native import CAT, REFERENCE_PASS, _check_percents, _in_range, _model_io, _range_inputs, _sigma_range, frame_indices
+from .native import CAT, REFERENCE_PASS, _check_percents, _in_range, _model_io, _range_inputs, _sigma_range, row_frames
 
 POSE_GUIDER_KEY = "performer_released_pose_guider"
 CHUNK = 16  # frames encoded at once
@@ -83,13 +83,7 @@ class ReleasedPoseGuiderPatch:
         if run is None or self.strength == 0.0 or transformer_options.get("block") != ("input", 0) \
                 or transformer_options.get(REFERENCE_PASS) or not _in_range(run.sigma_range, transformer_options.get("sigmas")):
             return h
-        cond_or_uncond = list(transformer_options.get("cond_or_uncond", [0])) or [0]
-        halves = len(cond_or_uncond)
-        if h.shape[0] % halves:
-            raise ValueError(f"Apply Pose Guider: {h.shape[0]} rows do not split into {halves} CFG halves.")
-        idx = frame_indices(transformer_options, h.shape[0] // halves)
-        if max(idx) >= run.feats.shape[0]:
-            raise ValueError(f"Apply Pose Guider: frame {max(idx)} is sampled but poses exist for {run.feats.shape[0]} frames.")
+        cond_or_uncond, idx = row_frames(transformer_options, h.shape[0], run.feats.shape[0], "Apply Pose Guider")
         if run.feats.shape[-2:] != h.shape[-2:] or run.feats.shape[1] != h.shape[1]:
             raise ValueError(f"Apply Pose Guider: features {tuple(run.feats.shape[1:])} do not fit the first block's output "
                              f"{tuple(h.shape[1:])}.")

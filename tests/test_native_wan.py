@@ -163,8 +163,6 @@ def test_two_passes_equal_one_causally_masked_attention_over_reference_and_video
 def test_image_to_video_and_wan_animate_write_from_the_first_conditioning_frame(model_type):
     """With image conditioning (``concat_latent_image``) and Wan-Animate's pose latents, the write pass takes the first
     latent frame of the image conditioning and leaves the pose latents out; the video samples with them."""
-    import comfy.model_management  # noqa: F401
-
     model = tm.core_wan_patcher(model_type=model_type)
     g = torch.Generator().manual_seed(4)
     extra = {"concat_latent_image": torch.randn((1, 16, FRAMES, H, W), generator=g),
