@@ -114,11 +114,11 @@ class PerformerTransferShape(io.ComfyNode):
         return io.NodeOutput(transfer_shape(driving, reference, expression=expression))
 
 
-def _render_all(body, width, height, kinds, callback):
+def _render_all(body, width, height, kinds, callback, convention="performer"):
     from ..models.body.render import render_sequence
 
     bm = _model_of(body)
-    return render_sequence(body, bm, width, height, kinds, callback), body.camera.scaled(width, height), bm
+    return render_sequence(body, bm, width, height, kinds, callback, convention), body.camera.scaled(width, height), bm
 
 
 class PerformerRenderBody(io.ComfyNode):
@@ -153,6 +153,38 @@ class PerformerRenderBody(io.ComfyNode):
         return io.NodeOutput(normal, torch.from_numpy(np.repeat(d[..., None], 3, -1)).float(), img(out["semantic"]),
                              torch.from_numpy(np.stack(out["mask"])).float(),
                              ui=preview("body", images=normal, fps=body.fps, label="SMPL-X normals"))
+
+
+class PerformerChampMaps(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerChampMaps", display_name="Render Body for Champ (depth, normal, semantic) 🎭", category=CAT,
+            description="The bodies rendered in the conventions Champ's released guidance encoders were trained on: "
+                        "depth per frame 1 − (z − z_min)/(z_max − z_min) over the body (nearest white, background "
+                        "black), camera-space normals n·½+½ (x right, y up, z toward the viewer) on black, and the "
+                        "semantic map with each vertex coloured by its dominant SMPL joint in Champ's viridis palette "
+                        "on black. Feed them to Apply Champ Guidance with the matching encoders; the dwpose encoder "
+                        "takes Draw Skeleton Maps.",
+            inputs=[BODY.Input("body", tooltip="PERFORMER_BODY, ideally driving bodies with the reference person's shape "
+                                               "(Transfer Body Shape), as Champ renders them."),
+                    io.Int.Input("width", default=0, min=0, max=8192, tooltip="Render width; 0 = the body camera's."),
+                    io.Int.Input("height", default=0, min=0, max=8192, tooltip="Render height; 0 = the body camera's.")],
+            outputs=[io.Image.Output(display_name="depth", tooltip="Champ depth maps (grey in three channels)."),
+                     io.Image.Output(display_name="normal", tooltip="Champ normal maps."),
+                     io.Image.Output(display_name="semantic_map", tooltip="Champ semantic maps (SMPL parts, viridis).")],
+        )
+
+    @classmethod
+    def execute(cls, body, width, height) -> io.NodeOutput:
+        from ..models.body.render import champ_depth
+
+        w, h = width or body.camera.width, height or body.camera.height
+        out, _, _ = _render_all(body, w, h, ("normal", "semantic", "depth"), Progress(body.frames), "champ")
+        d = np.stack([champ_depth(x) for x in out["depth"]])
+        img = lambda a: torch.from_numpy(np.stack(a)).float() / 255.0  # noqa: E731
+        return io.NodeOutput(torch.from_numpy(np.repeat(d[..., None], 3, -1)), img(out["normal"]), img(out["semantic"]),
+                             ui=preview("body", images=img(out["semantic"]), fps=body.fps, label="Champ semantic maps"))
 
 
 class PerformerBodyFlow(io.ComfyNode):
@@ -229,5 +261,6 @@ class PerformerBodyToPose(io.ComfyNode):
         return io.NodeOutput(body_to_pose(body, _model_of(body)))
 
 
-NODES = [PerformerFitBody, PerformerLoadBodyParams, PerformerTransferShape, PerformerRenderBody, PerformerBodyFlow,
+NODES = [PerformerFitBody, PerformerLoadBodyParams, PerformerTransferShape, PerformerRenderBody, PerformerChampMaps,
+         PerformerBodyFlow,
          PerformerFlowPreview, PerformerBodyToPose]

@@ -35,10 +35,10 @@ class ReleasedPoseGuiderPatch:
     CFG halves, pose images in [0, 1]) or MimicMotion's PoseNet (``cond_only``: the conditional half, images in
     [−1, 1])."""
 
-    def __init__(self, guider, poses: torch.Tensor, strength: float, swap_rb: bool, start_percent: float, end_percent: float,
-                 signed: bool = False, cond_only: bool = False):
-        self.guider, self.poses = guider, poses  # the module (CPU, eval) and the IMAGE batch
-        self.strength, self.swap_rb = float(strength), bool(swap_rb)
+    def __init__(self, parts, strength: float, start_percent: float, end_percent: float, signed: bool = False,
+                 cond_only: bool = False, who: str = "Apply Pose Guider"):
+        self.parts = list(parts)  # [(module (CPU, eval), IMAGE batch, swap red and blue, input name)]; features summed
+        self.strength, self.who = float(strength), who
         self.signed, self.cond_only = bool(signed), bool(cond_only)
         self.start_percent, self.end_percent = float(start_percent), float(end_percent)
         self.run: Optional[_Run] = None
@@ -51,18 +51,22 @@ class ReleasedPoseGuiderPatch:
     def features(self, frames: int, h: int, w: int, device) -> torch.Tensor:
         from ..models.guidance.pose_controller import maps_to_tensor
 
-        ds = self.guider.downsample
-        x = maps_to_tensor(self.poses, h * ds, w * ds, frames, "poses")
-        if self.swap_rb:
-            x = x[:, [2, 1, 0]]
-        if self.signed:
-            x = x * 2 - 1
-        g = self.guider.to(device)
-        try:
-            with torch.no_grad():  # in chunks of frames: a long clip's full-resolution activations would not fit at once
-                return torch.cat([g(x[i:i + CHUNK].to(device)) * self.strength for i in range(0, len(x), CHUNK)])
-        finally:
-            self.guider.to("cpu")
+        total = None
+        for guider, images, swap_rb, name in self.parts:
+            ds = guider.downsample
+            x = maps_to_tensor(images, h * ds, w * ds, frames, name)
+            if swap_rb:
+                x = x[:, [2, 1, 0]]
+            if self.signed:
+                x = x * 2 - 1
+            g = guider.to(device)
+            try:
+                with torch.no_grad():  # in chunks of frames: a long clip's full-resolution activations would not fit at once
+                    f = torch.cat([g(x[i:i + CHUNK].to(device)) * self.strength for i in range(0, len(x), CHUNK)])
+            finally:
+                guider.to("cpu")
+            total = f if total is None else total + f
+        return total
 
     def outer_sample(self, executor, noise, latent_image, *args, **kwargs):
         if self.strength == 0.0:  # exactly the unpatched model: nothing computed, nothing checked
@@ -83,9 +87,9 @@ class ReleasedPoseGuiderPatch:
         if run is None or self.strength == 0.0 or transformer_options.get("block") != ("input", 0) \
                 or transformer_options.get(REFERENCE_PASS) or not _in_range(run.sigma_range, transformer_options.get("sigmas")):
             return h
-        cond_or_uncond, idx = row_frames(transformer_options, h.shape[0], run.feats.shape[0], "Apply Pose Guider")
+        cond_or_uncond, idx = row_frames(transformer_options, h.shape[0], run.feats.shape[0], self.who)
         if run.feats.shape[-2:] != h.shape[-2:] or run.feats.shape[1] != h.shape[1]:
-            raise ValueError(f"Apply Pose Guider: features {tuple(run.feats.shape[1:])} do not fit the first block's output "
+            raise ValueError(f"{self.who}: features {tuple(run.feats.shape[1:])} do not fit the first block's output "
                              f"{tuple(h.shape[1:])}.")
         run.calls.append(idx)
         f = run.feats[idx].to(h.device, h.dtype)
@@ -98,13 +102,29 @@ def apply_released_pose_guider(model, guider, poses: torch.Tensor, strength: flo
     """A clone of a core UNet ``model`` with a released pose encoder's features added after its ``conv_in``: the
     AnimateAnyone / MusePose pose guider (SD1.5 family), or with ``mimicmotion`` MimicMotion's PoseNet (SVD; images in
     [−1, 1], conditional half only). Returns (clone, patch)."""
+    what = "Apply PoseNet (MimicMotion)" if mimicmotion else "Apply Pose Guider"
+    return _apply(model, [(guider, poses, swap_rb, "poses")], strength, start_percent, end_percent, mimicmotion, what)
+
+
+def apply_champ_guidance(model, parts, strength: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0):
+    """A clone of a core SD1.5-family ``model`` with Champ's guidance: ``parts`` = [(encoder, images, input name)], each
+    encoder's features (images in [0, 1]) summed, as Champ sums its four encoders, and added after ``conv_in`` in both
+    CFG halves. Returns (clone, patch)."""
+    from ..models.errors import BadInputError
+
+    if not parts:
+        raise BadInputError("Apply Champ Guidance: connect at least one guidance (an encoder file with its images).")
+    return _apply(model, [(g, im, False, name) for g, im, name in parts], strength, start_percent, end_percent, False,
+                  "Apply Champ Guidance")
+
+
+def _apply(model, parts, strength, start_percent, end_percent, mimicmotion, what):
     import comfy.model_base
     import comfy.patcher_extension as pe
 
     from ..models.errors import BadInputError
 
     dm = getattr(model.model, "diffusion_model", None)
-    what = "Apply PoseNet (MimicMotion)" if mimicmotion else "Apply Pose Guider"
     if dm is None or not hasattr(dm, "input_blocks"):
         raise BadInputError(f"{what} supports UNet models ({'SVD' if mimicmotion else 'SD1.5 family'}); this MODEL is "
                             f"{type(model.model).__name__}.")
@@ -115,19 +135,21 @@ def apply_released_pose_guider(model, guider, poses: torch.Tensor, strength: flo
                             f"{type(model.model).__name__}" + (" (use Apply PoseNet (MimicMotion) on SVD)." if not mimicmotion
                                                                else " (use Apply Pose Guider on SD1.5)."))
     width = dm.input_blocks[0][0].out_channels
-    if width != guider.out_channels:
-        raise BadInputError(f"This pose guider makes {guider.out_channels}-channel features but the model's first block "
-                            f"gives {width} channels (SD1.5: 320); they cannot be added.")
-    if poses is None or poses.ndim != 4:
-        raise BadInputError("poses: expected an IMAGE batch of pose images, one per video frame.")
+    for guider, images, _, name in parts:
+        if width != guider.out_channels:
+            raise BadInputError(f"{what}: the encoder for {name} makes {guider.out_channels}-channel features but the "
+                                f"model's first block gives {width} channels (SD1.5: 320); they cannot be added.")
+        if images is None or images.ndim != 4:
+            raise BadInputError(f"{what}: {name}: expected an IMAGE batch, one image per video frame.")
     if strength < 0:
         raise BadInputError(f"strength must be >= 0; got {strength}.")
     _check_percents(start_percent, end_percent)
     if any(getattr(p, "__self__", None).__class__ is ReleasedPoseGuiderPatch
            for p in model.model_options.get("transformer_options", {}).get("patches", {}).get("input_block_patch", [])):
-        raise BadInputError("This MODEL already has Apply Pose Guider; apply it once (a second would add the poses twice).")
-    patch = ReleasedPoseGuiderPatch(guider.eval().requires_grad_(False), poses, strength, swap_rb, start_percent, end_percent,
-                                    signed=mimicmotion, cond_only=mimicmotion)
+        raise BadInputError(f"This MODEL already has a released pose encoder (Apply Pose Guider / Champ Guidance / "
+                            f"PoseNet); apply {what} once (a second would add the poses twice).")
+    patch = ReleasedPoseGuiderPatch([(g.eval().requires_grad_(False), im, rb, n) for g, im, rb, n in parts], strength,
+                                    start_percent, end_percent, signed=mimicmotion, cond_only=mimicmotion, who=what)
     m = model.clone()
     m.set_model_input_block_patch(patch.input_block_patch)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, POSE_GUIDER_KEY, patch.outer_sample)
@@ -206,4 +228,55 @@ class PerformerApplyPoseNet(io.ComfyNode):
         return io.NodeOutput(m)
 
 
-NODES = [PerformerApplyPoseGuider, PerformerApplyPoseNet]
+CHAMP_KINDS = (("depth", "depth maps (Render Body for Champ)"), ("normal", "normal maps (Render Body for Champ)"),
+               ("semantic_map", "semantic maps (Render Body for Champ)"), ("dwpose", "skeleton maps (Draw Skeleton Maps)"))
+
+
+class PerformerApplyChampGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ._common import weight_choices
+
+        files = ["none"] + weight_choices("performer_adapters", with_dirs=False)
+        inputs = [_model_io()[0]]
+        for kind, what in CHAMP_KINDS:
+            inputs += [io.Combo.Input(f"{kind}_encoder", options=files, default="none",
+                                      tooltip=f"Champ's guidance_encoder_{kind}.pth in models/performer/adapters "
+                                              f"('none' = this guidance off; then leave {kind} unconnected)."),
+                       io.Image.Input(kind, optional=True, tooltip=f"The {what}, one per video frame, for this encoder.")]
+        return io.Schema(
+            node_id="PerformerApplyChampGuidance", display_name="Apply Champ Guidance (native) 🎭", category=CAT,
+            description="Champ's released guidance encoders on the MODEL your loaders give (SD1.5 family, ideally "
+                        "Champ's own denoising UNet): each connected guidance (SMPL depth, normal, semantic map, DWPose "
+                        "skeleton) goes through its own encoder and the features are summed, as Champ sums them, and "
+                        "added after the UNet's conv_in in both CFG halves, also inside core's and AnimateDiff-Evolved's "
+                        "context windows. VividPose's SMPL-X + skeleton pose control with released weights. Returns a "
+                        "patched copy; the input MODEL is unchanged.",
+            inputs=inputs + [io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
+                                            tooltip="Scale of the summed features: 1 = as released, 0 = off (exactly "
+                                                    "the unpatched model)."),
+                             *_range_inputs("Guide")],
+            outputs=[_model_io()[1]],
+        )
+
+    @classmethod
+    def execute(cls, model, strength, start_percent, end_percent, **kw) -> io.NodeOutput:
+        from ..models.errors import BadInputError
+        from ..models.guidance.pose_guider import load_champ_guidance_encoder
+        from ._common import resolve
+
+        parts = []
+        for kind, _ in CHAMP_KINDS:
+            enc, images = kw.get(f"{kind}_encoder", "none"), kw.get(kind)
+            if enc == "none" and images is not None:
+                raise BadInputError(f"Apply Champ Guidance: {kind} is connected but {kind}_encoder is 'none'; choose "
+                                    f"guidance_encoder_{kind}.pth or disconnect {kind} (it would be ignored).")
+            if enc != "none" and images is None:
+                raise BadInputError(f"Apply Champ Guidance: {kind}_encoder is set but no {kind} images are connected.")
+            if enc != "none":
+                parts.append((load_champ_guidance_encoder(resolve(enc, ("performer_adapters",))), images, kind))
+        m, _ = apply_champ_guidance(model, parts, strength, start_percent, end_percent)
+        return io.NodeOutput(m)
+
+
+NODES = [PerformerApplyPoseGuider, PerformerApplyPoseNet, PerformerApplyChampGuidance]

@@ -127,7 +127,7 @@ def test_native_patch_adds_each_frames_features_after_conv_in_in_both_halves(tmp
     assert torch.equal(p1.input_block_patch(h, {**topts, REFERENCE_PASS: True}), h)
     p1.run = None
 
-    with pytest.raises(BadInputError, match="already has Apply Pose Guider"):
+    with pytest.raises(BadInputError, match="already has a released pose encoder"):
         apply_released_pose_guider(m1, guider, poses)
     with pytest.raises(BadInputError, match="320-channel features but the model's first block gives 32"):
         apply_released_pose_guider(model, _tiny_guider(tmp_path, 320), poses)

@@ -38,6 +38,15 @@ PART_COLOURS = np.array([
     [230, 100, 200], [60, 220, 120], [220, 60, 120], [40, 90, 200], [200, 40, 90], [90, 160, 40], [160, 40, 40],
     [30, 120, 120], [120, 30, 120]], np.uint8)
 
+# Champ's semantic map (docs/research/released_pose_models.md §1.4): each vertex coloured by its dominant SMPL joint
+# (24 labels, SMPL's kinematic order), colour = cv2's viridis at 10·label, background black.  SMPL-X's first 22 joints
+# are SMPL's; its jaw and eyes fall to SMPL's head (15) and its finger joints to SMPL's hand joints (22 left, 23 right).
+CHAMP_SEMANTIC_COLOURS = np.array([
+    [68, 1, 84], [71, 16, 99], [72, 29, 111], [71, 42, 122], [69, 55, 129], [65, 66, 135], [61, 78, 138], [56, 89, 140],
+    [51, 99, 141], [46, 109, 142], [42, 118, 142], [39, 128, 142], [35, 137, 142], [32, 146, 140], [30, 156, 137],
+    [33, 165, 133], [40, 174, 128], [53, 183, 121], [70, 192, 111], [90, 200, 100], [112, 207, 87], [137, 213, 72],
+    [162, 218, 55], [189, 223, 38]], np.uint8)
+
 
 def _platform() -> None:
     if "OpenGL" in __import__("sys").modules:
@@ -97,8 +106,9 @@ class Renderer:
         return colour, depth
 
     def render(self, camera, verts: np.ndarray, faces: np.ndarray, parts: Optional[np.ndarray] = None,
-               kinds=("depth", "mask", "normal", "semantic", "face_id")) -> Dict[str, np.ndarray]:
-        """One frame: verts (V, 3) in OpenCV camera coordinates; camera sized like this renderer."""
+               kinds=("depth", "mask", "normal", "semantic", "face_id"), palette: np.ndarray = PART_COLOURS) -> Dict[str, np.ndarray]:
+        """One frame: verts (V, 3) in OpenCV camera coordinates; camera sized like this renderer.  ``parts`` (labels per
+        vertex) and ``palette`` (a colour per label) colour the semantic map."""
         import trimesh
 
         if (camera.width, camera.height) != (self.width, self.height):
@@ -117,7 +127,7 @@ class Renderer:
         if "semantic" in kinds:
             if parts is None:
                 raise BadInputError("Semantic renders need per-vertex part labels.")
-            col = PART_COLOURS[parts % len(PART_COLOURS)]
+            col = palette[parts % len(palette)]
             c, d = self._render_colours(camera, verts, faces, colours_per_vertex=col)
             out["semantic"] = np.where((d > 0)[..., None], c, 0).astype(np.uint8)
             depth = d if depth is None else depth
@@ -170,6 +180,22 @@ def _repair_ids(camera, verts, faces, fid):
 def part_labels(weights: np.ndarray) -> np.ndarray:
     j = weights.argmax(1)
     return np.array([PART_OF_JOINT.get(int(x), 8 if x in range(25, 40) else 9 if x in range(40, 55) else 0) for x in j])
+
+
+def champ_part_labels(weights: np.ndarray) -> np.ndarray:
+    """Per vertex, the SMPL joint (0–23) of its dominant SMPL-X joint: Champ's semantic labels."""
+    j = weights.argmax(1)
+    return np.where(j < 22, j, np.where(j < 25, 15, np.where(j < 40, 22, 23))).astype(np.int64)
+
+
+def champ_depth(depth: np.ndarray) -> np.ndarray:
+    """Champ's depth map from metric depth (0 = background), per frame: 1 − (z − z_min) / (z_max − z_min) over the
+    frame's body pixels, so the nearest point is 1 and the farthest 0, background 0."""
+    fg = depth > 0
+    if not fg.any():
+        return np.zeros_like(depth, dtype=np.float32)
+    lo, hi = depth[fg].min(), depth[fg].max()
+    return np.where(fg, 1.0 - (depth - lo) / max(hi - lo, 1e-6), 0.0).astype(np.float32)
 
 
 def surface_points(camera, verts: np.ndarray, faces: np.ndarray, face_id: np.ndarray, ys=None, xs=None):
@@ -238,9 +264,11 @@ def flow_to_colour(flow: np.ndarray, valid: Optional[np.ndarray] = None, max_mag
     return rgb
 
 
-def render_sequence(body, bm, width: int, height: int, kinds=("normal", "mask"), callback=None) -> Dict[str, list]:
+def render_sequence(body, bm, width: int, height: int, kinds=("normal", "mask"), callback=None,
+                    convention: str = "performer") -> Dict[str, list]:
     """Render every frame of a ``BodySequence`` with its camera scaled to ``width``×``height``.  Returns lists per
-    kind plus ``_verts`` (camera-space vertices per frame); ``callback(done, total)`` after each frame."""
+    kind plus ``_verts`` (camera-space vertices per frame); ``callback(done, total)`` after each frame.
+    ``convention="champ"``: the semantic map in Champ's labels and colours."""
     import torch
 
     cam = body.camera.scaled(width, height)
@@ -248,11 +276,14 @@ def render_sequence(body, bm, width: int, height: int, kinds=("normal", "mask"),
     out: Dict[str, list] = {k: [] for k in kinds}
     out["_verts"] = []
     try:
-        parts = part_labels(bm.weights) if "semantic" in kinds else None
+        if convention not in ("performer", "champ"):
+            raise BadInputError(f"convention: expected 'performer' or 'champ'; got {convention!r}.")
+        champ = convention == "champ"
+        parts = (champ_part_labels if champ else part_labels)(bm.weights) if "semantic" in kinds else None
         for f in range(body.frames):
             with torch.no_grad():
                 v = bm.forward(body, [f])["vertices"][0].cpu().numpy()
-            o = r.render(cam, v, bm.faces, parts, kinds=kinds)
+            o = r.render(cam, v, bm.faces, parts, kinds=kinds, palette=CHAMP_SEMANTIC_COLOURS if champ else PART_COLOURS)
             for k in kinds:
                 out[k].append(o[k])
             out["_verts"].append(v)
