@@ -122,6 +122,34 @@ class PerformerAddPoseController(io.ComfyNode):
         return io.NodeOutput(with_pose_controller(pipe, resolve(pose_controller, ("performer_adapters",))))
 
 
+class PerformerAddReferenceUNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerAddReferenceUNet",
+            display_name="Add Reference UNet (AnimateAnyone / Champ / MusePose) 🎭",
+            category=f"{CATEGORY}/loaders",
+            description="A separate reference model for causal reference attention: the reference image's pass (once "
+                        "per run, t = 0) goes through this ReferenceNet instead of the denoising UNet; each of its "
+                        "self-attention layers hands its input tokens to the same layer of the denoising UNet, whose "
+                        "own key/value projections read them. Still causal: the reference never sees the video. "
+                        "Returns a new pipe.",
+            inputs=[
+                PIPE.Input("pipe", tooltip="An SD1.5 (AnimateDiff) pipe, ideally with the same project's denoising UNet."),
+                io.Combo.Input("reference_unet", options=weight_choices("diffusion_models", with_dirs=False),
+                               tooltip="reference_unet.pth of Moore-AnimateAnyone, MusePose or Champ in "
+                                       "models/diffusion_models."),
+            ],
+            outputs=[PIPE.Output(display_name="pipe", tooltip="A new pipe with the reference UNet.")],
+        )
+
+    @classmethod
+    def execute(cls, pipe, reference_unet) -> io.NodeOutput:
+        from ..models.backbones.loaders import with_reference_unet
+
+        return io.NodeOutput(with_reference_unet(pipe, resolve(reference_unet, ("diffusion_models",))))
+
+
 class PerformerAddIdentityAdapter(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -157,4 +185,4 @@ class PerformerAddIdentityAdapter(io.ComfyNode):
 
 
 NODES = [PerformerLoadBackbone, PerformerAddMotionModule, PerformerAddControlNet, PerformerAddPoseController,
-         PerformerAddIdentityAdapter]
+         PerformerAddReferenceUNet, PerformerAddIdentityAdapter]

@@ -87,13 +87,19 @@ class _Run:
         self.reads_rows: Optional[torch.Tensor] = None  # bool per row of the current call
         self.active = False  # inside start/end percent at the current call
         self.sigma_range = (0.0, float("inf"))  # (σ at end_percent, σ at start_percent), set with the write pass
+        self.targets: dict = {}  # with a separate reference model: layer key → the denoising model's attn1
 
 
 class CausalReferencePatch:
     """The patch object the clone's options hold (shared, not copied, when ComfyUI deep-copies model options)."""
 
-    def __init__(self, latent: torch.Tensor, strength: float, uncond: str, start_percent: float, end_percent: float):
+    def __init__(self, latent: torch.Tensor, strength: float, uncond: str, start_percent: float, end_percent: float,
+                 reference_model=None):
         self.latent = latent  # (1, C, h, w) raw VAE latent of the reference (process_latent_in at run time)
+        # a separate reference model (AnimateAnyone / Champ / MusePose ReferenceNet, a core ModelPatcher): the write pass
+        # runs through it and caches each self-attention's input tokens, which the denoising model's own to_k / to_v
+        # project at the first read (as those projects' reference attention does); None: SCD, the same model
+        self.reference_model = reference_model
         self.strength, self.uncond = float(strength), uncond
         self.start_percent, self.end_percent = float(start_percent), float(end_percent)
         self.run: Optional[_Run] = None
@@ -125,7 +131,10 @@ class CausalReferencePatch:
         cond_or_uncond = list(transformer_options.get("cond_or_uncond", [0]))
         n = x.shape[0] // max(len(cond_or_uncond), 1)
         if not run.written:
-            self._write(executor, base, x, c_concat, c_crossattn, transformer_options, kwargs, cond_or_uncond, n)
+            if self.reference_model is not None:
+                self._write_separate(base, x, c_crossattn, cond_or_uncond, n)
+            else:
+                self._write(executor, base, x, c_concat, c_crossattn, transformer_options, kwargs, cond_or_uncond, n)
             run.sigma_range = _sigma_range(ms, self.start_percent, self.end_percent)
         run.active = _in_range(run.sigma_range, t)
         run.reads_rows = None if self.uncond == "keep" else \
@@ -171,6 +180,43 @@ class CausalReferencePatch:
         run.written = True
         self.writes += 1
 
+    def _write_separate(self, base, x, c_crossattn, cond_or_uncond, n):
+        """The reference pass through the separate reference model: one row at its σ_min (t = 0), the first conditional
+        row's cross-attention context; an ``attn1_patch`` keeps each self-attention's (normed) input tokens."""
+        run = self.run
+        ref = self.reference_model.model
+        row = cond_or_uncond.index(0) * n if 0 in cond_or_uncond else 0
+        lat = ref.process_latent_in(self.latent.to(x.device, torch.float32))
+        if lat.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"Apply Causal Reference: the reference latent is {tuple(lat.shape[-2:])} but the video latent "
+                             f"is {tuple(x.shape[-2:])}; resize the reference image to the video size.")
+        sigma = ref.model_sampling.sigma_min.to(x.device, torch.float32).reshape(1)
+        run.targets = {k: blk.attn1 for k, blk in _transformer_blocks(base.diffusion_model)}
+
+        def keep(h, context, value, extra_options):
+            if context is h and value is h:  # plain self-attention (nothing else rewrote its keys)
+                key = (*extra_options["block"], extra_options.get("block_index", 0))
+                run.cache[key] = ("tokens", h[:1].detach())
+            return h, context, value
+
+        topts = dict(self.reference_model.model_options.get("transformer_options", {}))
+        patches = dict(topts.get("patches", {}))
+        patches["attn1_patch"] = list(patches.get("attn1_patch", [])) + [keep]
+        topts.update(patches=patches, cond_or_uncond=[0], sigmas=sigma)
+        topts[REFERENCE_PASS] = True
+        ctx = c_crossattn[row:row + 1] if torch.is_tensor(c_crossattn) else c_crossattn
+        run.mode = "write"
+        try:
+            with torch.no_grad():
+                ref.apply_model(lat * (sigma ** 2 + 1) ** 0.5, sigma, c_crossattn=ctx, transformer_options=topts)
+        finally:
+            run.mode = "off"
+        if not run.cache:
+            raise ValueError("Apply Causal Reference: the reference model's pass reached no self-attention layer, so there "
+                             "is nothing to read; is it an SD1.5-family UNet?")
+        run.written = True
+        self.writes += 1
+
     # ------------------------------------------------------------------ attn1 replace
     def attn1(self, q, k, v, extra_options):
         from comfy.ldm.modules.attention import optimized_attention
@@ -186,12 +232,21 @@ class CausalReferencePatch:
             return plain(q, k, v, heads)
         key = (*extra_options["block"], extra_options.get("block_index", 0))
         if run.mode == "write":
-            run.cache[key] = (k[:1].detach(), v[:1].detach())  # one row (frame 0 of ADE's still clip)
+            if self.reference_model is None:
+                run.cache[key] = (k[:1].detach(), v[:1].detach())  # one row (frame 0 of ADE's still clip)
             return plain(q, k, v, heads)
         if not run.active or key not in run.cache:
             return plain(q, k, v, heads)
         from ..models.attention import maths as AM
 
+        if isinstance(run.cache[key][0], str):  # the separate reference model's tokens, projected once by this layer
+            attn1 = run.targets.get(key)
+            if attn1 is None:
+                raise ValueError(f"Apply Causal Reference: the reference model has a self-attention at {key} that the "
+                                 "denoising model lacks; both must be the same UNet layout (SD1.5).")
+            with torch.no_grad():
+                tokens = run.cache[key][1].to(q.device, q.dtype)
+                run.cache[key] = (attn1.to_k(tokens).to(k.dtype), attn1.to_v(tokens).to(v.dtype))
         kr, vr = run.cache[key]
         self.reads += 1
 
@@ -219,6 +274,12 @@ def _spatial_transformers(diffusion_model):
         for layer in block:
             if isinstance(layer, SpatialTransformer):
                 yield name, i, layer
+
+
+def _transformer_blocks(diffusion_model):
+    """((block name, block id, transformer index), transformer block) of every spatial transformer block."""
+    return [((name, i, j), blk) for name, i, layer in _spatial_transformers(diffusion_model)
+            for j, blk in enumerate(layer.transformer_blocks)]
 
 
 def spatial_self_attention_keys(diffusion_model) -> list:
@@ -253,8 +314,9 @@ def _replaced(model, kind: str, keys) -> Tuple[list, dict]:
 
 
 def apply_causal_reference(model, latent: torch.Tensor, strength: float = 1.0, uncond: str = "auto",
-                           start_percent: float = 0.0, end_percent: float = 1.0):
+                           start_percent: float = 0.0, end_percent: float = 1.0, reference_model=None):
     """A clone of core ``model`` with causal reference attention to ``latent`` (raw VAE latent, (1, C, h, w)).
+    ``reference_model``: a separate reference model (core MODEL, SD1.5 family) for the write pass.
     Returns (clone, patch)."""
     import comfy.model_base
     import comfy.patcher_extension as pe
@@ -267,6 +329,10 @@ def apply_causal_reference(model, latent: torch.Tensor, strength: float = 1.0, u
     from .native_wan import apply_wan_causal_reference, wan_diffusion_model
 
     if wan_diffusion_model(model) is not None:
+        if reference_model is not None:
+            raise BadInputError("A separate reference model is for SD1.5-family UNets (AnimateAnyone / Champ / MusePose "
+                                "ReferenceNets); on Wan the reference passes through the same model. Disconnect "
+                                "reference_model.")
         return apply_wan_causal_reference(model, latent, strength, uncond, start_percent, end_percent)
     dm = getattr(model.model, "diffusion_model", None)
     if dm is None or not hasattr(dm, "input_blocks"):
@@ -287,13 +353,38 @@ def apply_causal_reference(model, latent: torch.Tensor, strength: float = 1.0, u
         raise BadInputError(f"This MODEL already has a self-attention replacement on {len(clash)} layers (first {clash[0]}, "
                             f"from {owner}); a second one would silently replace it. Apply Causal Reference once, to a "
                             "model without other attn1 replacements.")
-    patch = CausalReferencePatch(latent.detach().to("cpu", torch.float32), strength, uncond, start_percent, end_percent)
+    if reference_model is not None:
+        _check_reference_model(model, reference_model)
+    patch = CausalReferencePatch(latent.detach().to("cpu", torch.float32), strength, uncond, start_percent, end_percent,
+                                 reference_model)
     m = model.clone()
+    if reference_model is not None:  # loaded and freed with the sampled model, under core's memory management
+        m.set_additional_models(KEY, [reference_model])
     for name, i, j in keys:
         m.set_model_attn1_replace(patch.attn1, name, i, j)
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, KEY, patch.outer_sample)
     m.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, KEY, patch.apply_model)
     return m, patch
+
+
+def _check_reference_model(model, reference_model) -> None:
+    import comfy.model_base
+
+    from ..models.errors import BadInputError
+
+    for what, m in (("model", model), ("reference_model", reference_model)):
+        if type(getattr(m, "model", None)) is not comfy.model_base.BaseModel:
+            raise BadInputError(f"A separate reference model works on SD1.5-family UNets (AnimateAnyone / Champ / "
+                                f"MusePose); {what} is {type(getattr(m, 'model', m)).__name__}.")
+    if reference_model is model or reference_model.model is model.model:
+        raise BadInputError("reference_model is the sampled model itself; leave reference_model unconnected for SCD's "
+                            "same-model reference pass.")
+    a = {k: tuple(b.attn1.to_k.weight.shape) for k, b in _transformer_blocks(model.model.diffusion_model)}
+    r = {k: tuple(b.attn1.to_k.weight.shape) for k, b in _transformer_blocks(reference_model.model.diffusion_model)}
+    if a != r:
+        raise BadInputError(f"reference_model's self-attention layers ({len(r)}) do not match the model's ({len(a)}) in "
+                            "place and width; the reference tokens could not be projected. Use the ReferenceNet made for "
+                            "this denoising UNet (SD1.5).")
 
 
 class _PoseRun:
@@ -801,12 +892,19 @@ class PerformerApplyCausalReference(io.ComfyNode):
                     io.Combo.Input("uncond", options=["auto", "drop", "keep"], default="auto",
                                    tooltip="Whether the unconditional (negative) CFG half reads the reference: drop "
                                            "(SD1.5 default: CFG also pushes toward the reference look) or keep (SVD default)."),
-                    *_range_inputs("Read the reference")],
+                    *_range_inputs("Read the reference"),
+                    io.Model.Input("reference_model", optional=True,
+                                   tooltip="Optional separate reference model (SD1.5 family): a ReferenceNet such as "
+                                           "AnimateAnyone / Champ / MusePose's reference_unet.pth loaded with Load "
+                                           "Diffusion Model. The reference pass runs through it and each self-attention "
+                                           "layer's input tokens are read by the same layer of the sampled model. "
+                                           "Unconnected: the sampled model itself (SCD).")],
             outputs=[_model_io()[1]],
         )
 
     @classmethod
-    def execute(cls, model, vae, reference, strength, uncond, start_percent, end_percent) -> io.NodeOutput:
+    def execute(cls, model, vae, reference, strength, uncond, start_percent, end_percent,
+                reference_model=None) -> io.NodeOutput:
         from ..models.errors import BadInputError
 
         if reference is None or reference.ndim != 4 or reference.shape[0] < 1:
@@ -814,7 +912,7 @@ class PerformerApplyCausalReference(io.ComfyNode):
         if reference.shape[0] > 1:
             logging.warning("Apply Causal Reference: %d reference images given; using the first.", reference.shape[0])
         latent = vae.encode(reference[:1, :, :, :3])
-        m, _ = apply_causal_reference(model, latent, strength, uncond, start_percent, end_percent)
+        m, _ = apply_causal_reference(model, latent, strength, uncond, start_percent, end_percent, reference_model)
         return io.NodeOutput(m)
 
 

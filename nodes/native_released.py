@@ -228,6 +228,61 @@ class PerformerApplyPoseNet(io.ComfyNode):
         return io.NodeOutput(m)
 
 
+REFERENCE_OUTPUT_KEYS = ("conv_norm_out.", "conv_out.")  # the released ReferenceNets drop the UNet's output layers
+
+
+def diffusers_table(unet_config: dict) -> dict:
+    """Core's diffusers → core UNet key table (``comfy.utils.unet_to_diffusers``) for a UNet config, also one whose
+    ``num_res_blocks`` is a single number (core's UNetModel accepts both)."""
+    import comfy.utils
+
+    cfg = dict(unet_config)
+    if isinstance(cfg.get("num_res_blocks"), int):
+        cfg["num_res_blocks"] = [cfg["num_res_blocks"]] * len(cfg["channel_mult"])
+    return comfy.utils.unet_to_diffusers(cfg)
+
+
+def load_reference_model(model, path: str):
+    """A released ReferenceNet (``reference_unet.pth`` of Moore-AnimateAnyone, MusePose or Champ: a diffusers-layout
+    SD1.5 UNet without ``conv_norm_out`` / ``conv_out``; a full UNet of the same layout works too) as a core MODEL
+    built with the sampled ``model``'s own UNet config, so its layers match the ones that read it.  Keys are mapped
+    with core's diffusers → core table and checked strictly; the missing output layers (which the reference pass
+    never uses) are zero.  Returns a ModelPatcher."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.utils
+
+    from ..models.backbones.weights import read_state_dict
+    from ..models.errors import BadInputError, BadModelFileError
+
+    if type(getattr(model, "model", None)) is not comfy.model_base.BaseModel:
+        raise BadInputError(f"Load Reference UNet needs the SD1.5-family MODEL it will read into; this MODEL is "
+                            f"{type(getattr(model, 'model', model)).__name__}.")
+    config = model.model.model_config
+    table = diffusers_table(config.unet_config)  # diffusers name → core name
+    sd = read_state_dict(path)
+    if sd and all(k.startswith("unet.") for k in sd):
+        raise BadModelFileError(f"{path} holds an SVD UNet (MimicMotion's unet.* keys), not an SD1.5 reference UNet.")
+    core = model.model.diffusion_model.state_dict()
+    want = {k: tuple(core[v].shape) for k, v in table.items() if v in core}
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    missing = sorted(k for k in set(want) - set(got) if not k.startswith(REFERENCE_OUTPUT_KEYS))
+    extra = sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    if missing or extra or wrong:
+        raise BadModelFileError(f"{path} is not a reference UNet for this MODEL (expected a diffusers-layout UNet state "
+                                f"dict of the same size, as AnimateAnyone / MusePose / Champ's reference_unet.pth): "
+                                f"missing {missing[:3]}, unexpected {extra[:3]}, other shapes "
+                                f"{[(k, got[k], want[k]) for k in wrong[:2]]}.")
+    new = {table[k]: sd[k] if k in sd else torch.zeros(want[k]) for k in want}
+    ref = config.get_model({}, "", device=model.offload_device)
+    missing_core, unexpected = ref.diffusion_model.load_state_dict(new, strict=False)
+    if missing_core or unexpected:
+        raise BadModelFileError(f"{path}: core's UNet did not take every tensor (missing {missing_core[:3]}, unexpected "
+                                f"{unexpected[:3]}).")
+    return comfy.model_patcher.ModelPatcher(ref.eval(), load_device=model.load_device, offload_device=model.offload_device)
+
+
 CHAMP_KINDS = (("depth", "depth maps (Render Body for Champ)"), ("normal", "normal maps (Render Body for Champ)"),
                ("semantic_map", "semantic maps (Render Body for Champ)"), ("dwpose", "skeleton maps (Draw Skeleton Maps)"))
 
@@ -279,4 +334,31 @@ class PerformerApplyChampGuidance(io.ComfyNode):
         return io.NodeOutput(m)
 
 
-NODES = [PerformerApplyPoseGuider, PerformerApplyPoseNet, PerformerApplyChampGuidance]
+class PerformerLoadReferenceUNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ._common import weight_choices
+
+        return io.Schema(
+            node_id="PerformerLoadReferenceUNet", display_name="Load Reference UNet (AnimateAnyone / Champ / MusePose) 🎭",
+            category=CAT,
+            description="Loads a released ReferenceNet (reference_unet.pth) as a MODEL for Apply Causal Reference's "
+                        "reference_model input. It is built with the layout of the MODEL it will read into (connect "
+                        "the denoising MODEL), its keys are checked strictly, and the output layers the released file "
+                        "leaves out (never used by the reference pass) are zero. Core's Load Diffusion Model also "
+                        "loads these files at full size; this node also takes other widths and says what is wrong "
+                        "with a wrong file.",
+            inputs=[io.Model.Input("model", tooltip="The denoising MODEL the reference will be read into (its layout is used)."),
+                    io.Combo.Input("reference_unet", options=weight_choices("diffusion_models", with_dirs=False),
+                                   tooltip="reference_unet.pth in models/diffusion_models.")],
+            outputs=[io.Model.Output(display_name="reference_model", tooltip="The ReferenceNet as a MODEL.")],
+        )
+
+    @classmethod
+    def execute(cls, model, reference_unet) -> io.NodeOutput:
+        from ._common import resolve
+
+        return io.NodeOutput(load_reference_model(model, resolve(reference_unet, ("diffusion_models",))))
+
+
+NODES = [PerformerApplyPoseGuider, PerformerApplyPoseNet, PerformerApplyChampGuidance, PerformerLoadReferenceUNet]

@@ -55,6 +55,9 @@ class ReferenceState:
     reads: int = 0  # number of layer reads (for tests / diagnostics)
     keyframe: Optional[int] = None  # key-frame attention (ControlVideo/PoseCrafter): K/V of this frame for every frame
     frames: int = 0  # frames per batch item in the current call (rows are batch-major)
+    # a separate reference UNet (AnimateAnyone / Champ / MusePose ReferenceNet) writes each layer's input tokens; the
+    # denoising UNet's own to_k / to_v project them at the first read, as those projects' reference attention does
+    separate: bool = False
 
 
 class ReferenceAttnProcessor:
@@ -92,10 +95,13 @@ class ReferenceAttnProcessor:
         if st.keyframe is not None and st.mode != "write" and st.frames > 1:
             k, v = AM.keyframe_kv(k, v, st.frames, st.keyframe)
         if st.mode == "write":  # (kept in the autograd graph only when the write pass runs with gradients: training)
-            st.cache[self.name] = (k, v)
+            st.cache[self.name] = ("tokens", hidden_states[:1]) if st.separate else (k, v)
             out = attend(q, k, v, attn.heads)
         elif st.mode == "read" and self.name in st.cache:
             st.reads += 1
+            if isinstance(st.cache[self.name][0], str):  # tokens of the separate reference UNet: project them once here
+                tokens = st.cache[self.name][1].to(q.dtype)
+                st.cache[self.name] = (attn.to_k(tokens), attn.to_v(tokens))
             kr, vr = st.cache[self.name]
             reads = None
             if st.uncond == "drop" and st.uncond_rows:
@@ -155,6 +161,18 @@ def reference_attention(unet: torch.nn.Module, strength: float = 1.0, uncond: st
         finally:
             st.cache.clear()
             st.mode = "off"
+
+
+def reference_unet_writer(reference_unet: torch.nn.Module, state: ReferenceState, target_names):
+    """Context manager: the separate reference UNet's spatial self-attention layers write their input tokens into
+    ``state`` (under the same layer names as the denoising UNet's); every one must exist in ``target_names``."""
+    layers = [n[: -len(".processor")] for n in reference_unet.attn_processors if is_spatial_self_attention(n)]
+    missing = [n for n in layers if n not in set(target_names)]
+    if missing or not layers:
+        raise BadInputError(f"The reference UNet's self-attention layers do not match the denoising UNet's (first "
+                            f"unmatched: {(missing or ['none found'])[0]}); use the ReferenceNet made for this UNet (SD1.5 layout).")
+    return patched_processors(reference_unet, lambda name, proc: ReferenceAttnProcessor(name[: -len(".processor")], state)
+                              if is_spatial_self_attention(name) else None)
 
 
 def write_reference(state: ReferenceState, run_unet, grad: bool = False) -> None:

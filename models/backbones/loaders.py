@@ -71,6 +71,7 @@ class Backbone:
     pose_controller: Optional[torch.nn.Module] = None  # models.guidance.pose_controller.PoseController
     identity_adapter: Optional[torch.nn.Module] = None  # models.attention.identity.IdentityAdapter
     arcface: Any = None  # models.pose.face.ArcFace
+    reference_unet: Optional[torch.nn.Module] = None  # a separate ReferenceNet (AnimateAnyone / Champ / MusePose)
     source: Dict[str, str] = field(default_factory=dict)
     # a host's memory-manager handles per module (ComfyUI: one ModelPatcher per module, nodes/_common.use_pipe), shared
     # by reference with every pipe derived by with_parts, so modules two pipes share have one handle
@@ -81,7 +82,7 @@ class Backbone:
         """Every torch module of the pipe, once each."""
         out, seen = [], set()
         for m in (self.unet, self.vae, self.text_encoder, self.image_encoder, self.motion_adapter, self.controlnet,
-                  self.pose_controller, self.identity_adapter):
+                  self.pose_controller, self.identity_adapter, self.reference_unet):
             if isinstance(m, torch.nn.Module) and id(m) not in seen:
                 seen.add(id(m))
                 out.append(m)
@@ -409,6 +410,65 @@ def with_motion_module(bb: Backbone, path: str) -> Backbone:
     sched = {**bb.scheduler_config, **motion_module_betas(path)}
     return bb.with_parts(unet=unet, motion_adapter=adapter, scheduler_config=sched,
                          source={"motion_module": path, "beta_schedule": sched["beta_schedule"]})
+
+
+def unet2d_config(unet: torch.nn.Module) -> Dict[str, Any]:
+    """The 2-D UNet config of an SD1.5 pipe's UNet (a ``UNet2DConditionModel``, or the 2-D part of a
+    ``UNetMotionModel``)."""
+    from diffusers import UNet2DConditionModel
+
+    cfg = dict(unet.config)
+    if isinstance(unet, UNet2DConditionModel):
+        return {k: v for k, v in cfg.items() if not k.startswith("_")}
+    two_d = {"CrossAttnDownBlockMotion": "CrossAttnDownBlock2D", "DownBlockMotion": "DownBlock2D",
+             "CrossAttnUpBlockMotion": "CrossAttnUpBlock2D", "UpBlockMotion": "UpBlock2D"}
+    heads = cfg.get("num_attention_heads") or cfg.get("attention_head_dim")
+    return dict(sample_size=cfg.get("sample_size"), in_channels=cfg["in_channels"], out_channels=cfg["out_channels"],
+                down_block_types=[two_d[t] for t in cfg["down_block_types"]],
+                up_block_types=[two_d[t] for t in cfg["up_block_types"]],
+                block_out_channels=cfg["block_out_channels"], layers_per_block=cfg["layers_per_block"],
+                norm_num_groups=cfg["norm_num_groups"], cross_attention_dim=cfg["cross_attention_dim"],
+                attention_head_dim=heads)
+
+
+REFERENCE_UNET_UNUSED = ("conv_norm_out.", "conv_out.")  # the released ReferenceNets drop the output layers
+
+
+def load_reference_unet(path: str, config: Dict[str, Any], device=None, dtype=None) -> torch.nn.Module:
+    """A released ReferenceNet (``reference_unet.pth`` of Moore-AnimateAnyone, MusePose or Champ: a diffusers
+    UNet2DConditionModel state dict without ``conv_norm_out`` / ``conv_out``) or any UNet of the same layout
+    (a denoising UNet works too: SCD's reference is the denoising UNet itself), strictly."""
+    from diffusers import UNet2DConditionModel
+
+    from ..errors import BadModelFileError
+    from .weights import read_state_dict
+
+    sd = read_state_dict(path)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    want = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    missing = sorted(k for k in set(want) - set(got) if not k.startswith(REFERENCE_UNET_UNUSED))
+    extra = sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    if missing or extra or wrong:
+        raise BadModelFileError(f"{path} is not a reference UNet for this pipe (a diffusers SD1.5-layout UNet2DConditionModel "
+                                f"state dict, as AnimateAnyone / MusePose / Champ's reference_unet.pth): missing "
+                                f"{missing[:3]}, unexpected {extra[:3]}, other shapes {[(k, got[k], want[k]) for k in wrong[:2]]}.")
+    full = {k: sd[k] if k in sd else torch.zeros(want[k]) for k in want}  # output layers: unused by the write pass
+    unet.load_state_dict(full, strict=True, assign=True)
+    return _place(unet, device, dtype)
+
+
+def with_reference_unet(bb: Backbone, path: str) -> Backbone:
+    """A new SD1.5 backbone whose causal reference pass runs through the separate reference UNet at ``path``."""
+    from ..errors import BadInputError
+
+    if bb.family != "sd15":
+        raise BadInputError(f"A separate reference UNet works with SD1.5 pipes (AnimateAnyone / Champ / MusePose); this "
+                            f"pipe is {bb.family}.")
+    ref = load_reference_unet(path, unet2d_config(bb.unet), bb.device, bb.dtype)
+    return bb.with_parts(reference_unet=ref, source={"reference_unet": path})
 
 
 def with_controlnet(bb: Backbone, path: str) -> Backbone:

@@ -354,8 +354,9 @@ class _Run:
             out = unc + s.cfg * (cond - unc)
         return out
 
-    def reference_pass(self, sched) -> None:
-        """The reference through the same UNet at t = 0 (one frame, conditional context)."""
+    def reference_pass(self, sched, state=None) -> None:
+        """The reference through the same UNet at t = 0 (one frame, conditional context), or through the pipe's
+        separate reference UNet, whose layers write their input tokens into ``state``."""
         bb, ref = self.bb, self.ref
         lat = ref.latent.to(bb.device, bb.dtype)
         if self.s.reference_pose and ref.pose is not None and bb.pose_controller is not None:
@@ -368,6 +369,15 @@ class _Run:
             bb.unet(sample, t, encoder_hidden_states=self.ref_ctx, added_time_ids=self.time_ids[-1:])
             return
         t = torch.zeros((), dtype=torch.long, device=bb.device)
+        if state is not None:
+            state.separate = bb.reference_unet is not None
+        if bb.reference_unet is not None:  # a separate ReferenceNet (AnimateAnyone / Champ / MusePose): its layers' tokens
+            from ..attention.reference import is_spatial_self_attention, reference_unet_writer
+
+            names = [n[: -len(".processor")] for n in bb.unet.attn_processors if is_spatial_self_attention(n)]
+            with reference_unet_writer(bb.reference_unet, state, names):
+                bb.reference_unet(lat.to(bb.reference_unet.dtype), t, encoder_hidden_states=self.ref_ctx)
+            return
         if self.motion:
             bb.unet(lat[:, :, None], t, encoder_hidden_states=self.ref_ctx)
         else:
@@ -502,7 +512,7 @@ def sample_video(bb, s: VideoSettings, reference: Optional[Reference] = None, sk
     step_kw = {"generator": g} if "generator" in inspect.signature(sched.step).parameters else {}
     with _attention_patches(bb, s, reference, use_reference_attention, ref_state) as (st, use_ref):
         if use_ref:
-            write_reference(st, lambda: run.reference_pass(sched))
+            write_reference(st, lambda: run.reference_pass(sched, st))
         for i, t in enumerate(timesteps):
             if step_hook is not None:
                 latents = step_hook(i, latents).to(bb.dtype)
@@ -563,7 +573,7 @@ def ddim_invert(bb, latents: torch.Tensor, s: VideoSettings, reference: Optional
     idx = list(range(s.frames))
     with _attention_patches(bb, s, reference, use_reference_attention) as (st, use_ref):
         if use_ref:
-            write_reference(st, lambda: run.reference_pass(sched))
+            write_reference(st, lambda: run.reference_pass(sched, st))
         for i, t in enumerate(ts):
             a_cur = ac[t - step] if t - step >= 0 else sched.final_alpha_cumprod.to(torch.float64)
             a_next = ac[t]
