@@ -1,0 +1,65 @@
+"""The released motion modules of Champ / Moore-AnimateAnyone (motion_module.pth, positional encoding length 32) and
+MusePose (length 128): their key layout is AnimateDiff v2's, which AnimateDiff-Evolved loads on the native path and the
+pack's Add Motion Module loads in its pipe.
+
+Key names and shapes: tests/data/released_layouts/champ_moore_motion_module.pth.json and musepose_motion_module.pth.json
+(from the projects' own module definitions, docs/research/released_pose_models.md §1.5 and §2.3).
+
+* The real-size AnimateDiff v2 file the ADE host tests run (tiny_models.ade_models: ``ade_mm_sd_v15_v2_full``, used by
+  test_native.py::test_ade_context_windows_lora_reference_once_and_poses_per_window) is built with exactly Champ /
+  Moore's key names and shapes: checked here on the meta device, so that host test runs this layout end to end in ADE.
+* The pack's pipe loader (``load_motion_adapter``: the config it infers, then diffusers' AnimateDiff conversion) maps
+  every released tensor onto diffusers' real-size MotionAdapter built on meta, and takes the positional-encoding length
+  (32 / 128) from the file.  The tiny motion module the pipe's host workflows load is written in the same layout.
+"""
+import json
+import os
+
+import pytest
+import torch
+
+import tiny_models as tm
+
+LAYOUTS = os.path.join(tm.HERE, "data", "released_layouts")
+CASES = [("champ_moore_motion_module.pth.json", 32), ("musepose_motion_module.pth.json", 128)]
+
+
+def _layout(name):
+    with open(os.path.join(LAYOUTS, name)) as fh:
+        return json.load(fh)["keys"]
+
+
+@pytest.mark.parametrize("name,length", CASES)
+def test_released_layout_is_the_animatediff_v2_layout_the_ade_host_test_runs(name, length):
+    from diffusers import MotionAdapter
+
+    want = _layout(name)
+    with torch.device("meta"):  # the constructor tiny_models.ade_models writes the real-size ADE test file with
+        ad = MotionAdapter(block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2,
+                           motion_num_attention_heads=8, motion_norm_num_groups=32, motion_max_seq_length=length,
+                           use_motion_mid_block=True)
+    got = {k: list(v.shape) for k, v in tm._original_motion_layout(dict(ad.state_dict()), length).items()}
+    assert len(want) == 588 and got == want
+
+
+@pytest.mark.parametrize("name,length", CASES)
+def test_pipe_loader_maps_every_released_tensor_onto_a_real_size_motion_adapter_on_meta(name, length):
+    from diffusers import MotionAdapter
+    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
+    from performer_pkg.models.backbones.loaders import detect_family, infer_motion_adapter_config
+
+    sd = {k: torch.empty(v, device="meta") for k, v in _layout(name).items()}
+    assert detect_family(sd) == "motion_module"
+    cfg = {k: v for k, v in infer_motion_adapter_config(sd).items() if not k.startswith("_")}
+    assert cfg["motion_max_seq_length"] == length and cfg["use_motion_mid_block"]
+    with torch.device("meta"):
+        ad = MotionAdapter(**cfg)
+    model = {k: tuple(v.shape) for k, v in ad.state_dict().items()}
+    conv = {k: tuple(v.shape) for k, v in convert_animatediff_checkpoint_to_diffusers(sd).items()}
+    # diffusers recomputes the sinusoidal positional encodings (one buffer per module) instead of reading them
+    pe = {k for k in model if k.endswith("pos_embed.pe")}
+    assert len(pe) == 21 and all(model[k][1] == length for k in pe)
+    assert conv == {k: v for k, v in model.items() if k not in pe}
+    ad.load_state_dict({**convert_animatediff_checkpoint_to_diffusers(sd),
+                        **{k: torch.empty(model[k], device="meta") for k in pe}}, strict=True, assign=True)
