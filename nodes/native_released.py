@@ -204,9 +204,11 @@ class PerformerApplyPoseNet(io.ComfyNode):
                         "own pose (the video's first frame is the reference). Returns a patched copy; the input MODEL is "
                         "unchanged.",
             inputs=[_model_io()[0],
-                    io.Combo.Input("pose_net", options=weight_choices("performer_adapters", with_dirs=False),
-                                   tooltip="MimicMotion_1-1.pth (its PoseNet is read, the UNet skipped) or a PoseNet-only "
-                                           "file (mimic_motion_pose_net.safetensors) in models/performer/adapters."),
+                    io.Combo.Input("pose_net", options=weight_choices("performer_adapters", "diffusion_models",
+                                                                      with_dirs=False),
+                                   tooltip="MimicMotion_1-1.pth (its PoseNet is read; Apply MimicMotion UNet reads its "
+                                           "UNet) or a PoseNet-only file (mimic_motion_pose_net.safetensors) in "
+                                           "models/performer/adapters or models/diffusion_models."),
                     io.Image.Input("poses", tooltip="Pose images, one per video frame; frame 0 = the reference image's pose."),
                     io.Combo.Input("colours", options=["red-blue swapped (MimicMotion)", "controlnet"],
                                    tooltip="MimicMotion's pose videos have red and blue swapped against ControlNet's colours "
@@ -222,7 +224,7 @@ class PerformerApplyPoseNet(io.ComfyNode):
         from ..models.guidance.pose_guider import load_mimicmotion_pose_net
         from ._common import resolve
 
-        g = load_mimicmotion_pose_net(resolve(pose_net, ("performer_adapters",)))
+        g = load_mimicmotion_pose_net(resolve(pose_net, ("performer_adapters", "diffusion_models")))
         m, _ = apply_released_pose_guider(model, g, poses, strength, colours.startswith("red-blue"), start_percent,
                                           end_percent, mimicmotion=True)
         return io.NodeOutput(m)
@@ -281,6 +283,50 @@ def load_reference_model(model, path: str):
         raise BadModelFileError(f"{path}: core's UNet did not take every tensor (missing {missing_core[:3]}, unexpected "
                                 f"{unexpected[:3]}).")
     return comfy.model_patcher.ModelPatcher(ref.eval(), load_device=model.load_device, offload_device=model.offload_device)
+
+
+def mimicmotion_unet_patches(model, path: str) -> dict:
+    """MimicMotion's UNet (``unet.*`` of ``MimicMotion_1-1.pth``: a diffusers UNetSpatioTemporalConditionModel state
+    dict, SVD-xt's layout) as core weight patches ("set") on an SVD ``model``: each core key's diffusers name comes
+    from the pack's SVD key table (``models/backbones/convert_svd.py``), every tensor must be there with core's
+    shape, and nothing may be left over."""
+    import comfy.model_base
+
+    from ..models.backbones.convert_svd import unet_keys_to_diffusers
+    from ..models.backbones.weights import read_state_dict
+    from ..models.errors import BadInputError, BadModelFileError
+
+    if not isinstance(getattr(model, "model", None), comfy.model_base.SVD_img2vid):
+        raise BadInputError(f"Apply MimicMotion UNet is for the SVD MODEL (SVD-xt 1.1, as MimicMotion); this MODEL is "
+                            f"{type(getattr(model, 'model', model)).__name__}.")
+    sd = read_state_dict(path)
+    unet = {k[len("unet."):]: v for k, v in sd.items() if k.startswith("unet.")}
+    if not unet:
+        raise BadModelFileError(f"{path} is not a MimicMotion checkpoint (no unet.* tensors; it holds keys such as "
+                                f"{sorted(sd)[:3]}).")
+    core = model.model.diffusion_model.state_dict()
+    nrb = model.model.model_config.unet_config["num_res_blocks"]
+    layers = nrb if isinstance(nrb, int) else nrb[0]
+    names = {next(iter(unet_keys_to_diffusers({k: None}, layers))): k for k in core}
+    missing = sorted(set(names) - set(unet))
+    extra = sorted(set(unet) - set(names))
+    wrong = sorted(d for d in set(names) & set(unet) if tuple(unet[d].shape) != tuple(core[names[d]].shape))
+    if missing or extra or wrong:
+        raise BadModelFileError(f"{path}: its UNet does not fit this SVD MODEL (expected SVD-xt's UNet under unet.*): "
+                                f"missing {missing[:3]}, unexpected {extra[:3]}, other shapes "
+                                f"{[(d, tuple(unet[d].shape), tuple(core[names[d]].shape)) for d in wrong[:2]]}.")
+    return {"diffusion_model." + c: ("set", (unet[d],)) for d, c in names.items()}
+
+
+def apply_mimicmotion_unet(model, path: str):
+    """A clone of an SVD ``model`` whose UNet weights are MimicMotion's (core "set" patches, applied when core loads
+    the model and undone when it unloads it; the input MODEL is unchanged)."""
+    patches = mimicmotion_unet_patches(model, path)
+    m = model.clone()
+    taken = m.add_patches(patches, 1.0, 1.0)
+    if len(taken) != len(patches):
+        raise ValueError(f"Apply MimicMotion UNet: core took {len(taken)} of {len(patches)} weights.")
+    return m
 
 
 CHAMP_KINDS = (("depth", "depth maps (Render Body for Champ)"), ("normal", "normal maps (Render Body for Champ)"),
@@ -361,4 +407,31 @@ class PerformerLoadReferenceUNet(io.ComfyNode):
         return io.NodeOutput(load_reference_model(model, resolve(reference_unet, ("diffusion_models",))))
 
 
-NODES = [PerformerApplyPoseGuider, PerformerApplyPoseNet, PerformerApplyChampGuidance, PerformerLoadReferenceUNet]
+class PerformerApplyMimicMotionUNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from ._common import weight_choices
+
+        return io.Schema(
+            node_id="PerformerApplyMimicMotionUNet", display_name="Apply MimicMotion UNet (native) 🎭", category=CAT,
+            description="MimicMotion's finetuned UNet (the unet.* tensors of MimicMotion_1-1.pth) on the SVD MODEL your "
+                        "loader gives (SVD-xt 1.1, which supplies the VAE and CLIP vision as in MimicMotion): core "
+                        "weight patches, applied when the model is loaded, so the input MODEL is unchanged. Pair with "
+                        "Apply PoseNet (MimicMotion) on the same file.",
+            inputs=[_model_io()[0],
+                    io.Combo.Input("checkpoint", options=weight_choices("performer_adapters", "diffusion_models",
+                                                                        with_dirs=False),
+                                   tooltip="MimicMotion_1-1.pth in models/performer/adapters or models/diffusion_models "
+                                           "(its PoseNet is read by Apply PoseNet).")],
+            outputs=[_model_io()[1]],
+        )
+
+    @classmethod
+    def execute(cls, model, checkpoint) -> io.NodeOutput:
+        from ._common import resolve
+
+        return io.NodeOutput(apply_mimicmotion_unet(model, resolve(checkpoint, ("performer_adapters", "diffusion_models"))))
+
+
+NODES = [PerformerApplyPoseGuider, PerformerApplyPoseNet, PerformerApplyChampGuidance, PerformerLoadReferenceUNet,
+         PerformerApplyMimicMotionUNet]
