@@ -608,10 +608,13 @@ class IdentityPatch(_RunRangePatch):
 
 
 def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, face_embeds: Optional[torch.Tensor] = None,
-                   image_scale: float = 1.0, face_scale: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0):
+                   image_scale: float = 1.0, face_scale: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0,
+                   uncond_clip: Optional[torch.Tensor] = None):
     """A clone of core ``model`` (SD1.5 family, or SVD: then face tokens in the spatial and the temporal blocks'
     cross-attention, as the pipe's SVD adapter has them) with the pack's identity adapter on every cross-attention
-    layer. ``clip_embeds``: (1, D) projected CLIP image embedding; ``face_embeds``: (1, 512) ArcFace. Returns (clone, patch)."""
+    layer. ``clip_embeds``: (1, D) projected CLIP image embedding, or for an IP-Adapter plus (1, tokens, D) penultimate
+    hidden states, then with ``uncond_clip`` those of the unconditional image; ``face_embeds``: (1, 512) ArcFace.
+    Returns (clone, patch)."""
     import comfy.model_base
     import comfy.patcher_extension as pe
 
@@ -634,6 +637,9 @@ def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, f
         raise BadInputError("clip_vision_output is connected but this identity adapter has no CLIP-image tokens; it "
                             "would be ignored. Disconnect it" + (" (SVD reads the CLIP embedding through its own "
                                                                   "conditioning)." if is_svd else "."))
+    if uses_image and adapter.reads_hidden_states and uncond_clip is None:
+        raise BadInputError("This identity adapter (IP-Adapter plus) needs the unconditional image's CLIP hidden states "
+                            "too; connect the CLIP vision model (clip_vision).")
     has_face = bool(c["num_face_tokens"])
     if face_embeds is not None and not has_face:
         raise BadInputError("face_image is connected but this identity adapter has no face tokens (a plain IP-Adapter "
@@ -668,7 +674,7 @@ def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, f
         adapter = adapter.to("cpu", torch.float32)  # the node's own freshly loaded module
         cond = adapter.tokens(None if clip_embeds is None else clip_embeds.float(),
                               None if face_embeds is None else face_embeds.float())
-        unc = adapter.tokens(None, None)
+        unc = adapter.tokens(uncond_clip.float() if adapter.reads_hidden_states and uncond_clip is not None else None, None)
         n_img = c["num_image_tokens"]
 
         def entries(name):
@@ -974,6 +980,10 @@ class PerformerApplyIdentity(io.ComfyNode):
                                            "loaded by a LoRA loader)."),
                     io.ClipVisionOutput.Input("clip_vision_output", optional=True,
                                               tooltip="CLIP Vision Encode of the reference image (for the CLIP-image tokens)."),
+                    io.ClipVision.Input("clip_vision", optional=True,
+                                        tooltip="The CLIP vision model (ViT-H), needed by IP-Adapter plus / plus-face: "
+                                                "its unconditional tokens come from a neutral image (zero after CLIP's "
+                                                "normalisation), as IP-Adapter's own code makes them."),
                     io.Image.Input("face_image", optional=True,
                                    tooltip="The reference image, for the ArcFace face tokens (needs an ArcFace model)."),
                     io.Combo.Input("arcface", options=[NONE] + weight_choices("performer_face", with_dirs=False),
@@ -988,18 +998,28 @@ class PerformerApplyIdentity(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, identity_adapter, arcface, image_scale, face_scale, start_percent, end_percent,
-                clip_vision_output=None, face_image=None) -> io.NodeOutput:
+                clip_vision_output=None, face_image=None, clip_vision=None) -> io.NodeOutput:
         from ..models.attention.identity import load_identity_adapter
         from ..models.errors import BadInputError
         from ._common import NONE, resolve
 
         ad = load_identity_adapter(resolve(identity_adapter, ("performer_adapters", "ipadapter")), device="cpu")
-        clip = None
-        if clip_vision_output is not None:
+        clip = uncond_clip = None
+        if clip_vision_output is not None and ad.reads_hidden_states:
+            clip = getattr(clip_vision_output, "penultimate_hidden_states", None)
+            if clip is None:
+                raise BadInputError("clip_vision_output has no penultimate_hidden_states, which IP-Adapter plus reads.")
+            clip = clip[:1].float().cpu()
+            if clip_vision is not None:
+                uncond_clip = clip_vision.encode_image(neutral_clip_image()).penultimate_hidden_states[:1].float().cpu()
+        elif clip_vision_output is not None:
             clip = getattr(clip_vision_output, "image_embeds", None)
             if clip is None:
                 raise BadInputError("clip_vision_output has no image_embeds (a projected CLIP vision model is needed).")
             clip = clip[:1].float().cpu()
+        if clip_vision is not None and not ad.reads_hidden_states:
+            raise BadInputError("clip_vision is connected but this identity adapter does not use it (only IP-Adapter plus "
+                                "does); it would be ignored. Disconnect it.")
         face = None
         if face_image is not None and face_scale > 0:
             if arcface == NONE:
@@ -1011,8 +1031,17 @@ class PerformerApplyIdentity(io.ComfyNode):
                 face = torch.from_numpy(ArcFace(resolve(arcface, ("performer_face",))).embed(align_face(face_image[0])))[None]
             except BadInputError as e:
                 logging.warning("Apply Identity: no face found in face_image (%s); the face tokens stay unconditional.", e)
-        m, _ = apply_identity(model, ad, clip, face, image_scale, face_scale, start_percent, end_percent)
+        m, _ = apply_identity(model, ad, clip, face, image_scale, face_scale, start_percent, end_percent, uncond_clip)
         return io.NodeOutput(m)
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's pixel normalisation mean
+
+
+def neutral_clip_image(size: int = 224) -> torch.Tensor:
+    """An IMAGE whose pixels are CLIP's normalisation mean: zero after CLIP's preprocessing, the input IP-Adapter's own
+    code encodes for the unconditional tokens (``torch.zeros_like(clip_image)`` on normalised pixels)."""
+    return torch.tensor(CLIP_MEAN).view(1, 1, 1, 3).expand(1, size, size, 3).clone()
 
 
 class PerformerApplyKeyframeAttention(io.ComfyNode):

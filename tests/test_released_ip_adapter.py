@@ -131,7 +131,13 @@ def test_wrong_files_are_refused_naming_the_file(tmp_path):
     plus["image_proj.latents"] = torch.zeros(1, 16, 768)
     bad = tmp_path / "ip-adapter-plus-face_sd15.safetensors"
     save_file(plus, str(bad))
-    with pytest.raises(BadModelFileError, match=r"ip-adapter-plus-face_sd15.*plus / plus-face.*resampler"):
+    with pytest.raises(BadModelFileError, match=r"ip-adapter-plus-face_sd15.*plus / plus-face resampler without.*proj_in"):
+        load_identity_adapter(str(bad))
+    plus = state_of(released("ip-adapter-plus_sd15.safetensors"))
+    plus["image_proj.layers.2.0.to_kv.weight"] = torch.zeros(1024, 768)
+    bad = tmp_path / "ip-adapter-plus_cut.safetensors"
+    save_file(plus, str(bad))
+    with pytest.raises(BadModelFileError, match=r"(?s)ip-adapter-plus_cut.*do not fit.*to_kv"):
         load_identity_adapter(str(bad))
 
     sdxl = {k: (torch.zeros(v.shape[0], 2048) if ".to_" in k and "_ip." in k else v) for k, v in plain.items()}
@@ -219,3 +225,118 @@ def test_faceid_file_drives_apply_identity_on_a_real_size_sd15_checkpoint_in_the
         assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
         frames.append(np.asarray(Image.open(__import__("io").BytesIO(host.view(output_files(res)[0])))))
     assert not np.array_equal(frames[0], frames[1])
+
+
+# ----------------------------------------------------------------------------- IP-Adapter plus / plus-face (resampler)
+
+def resampler_written_out(state, x, heads=12, d=64):
+    """IP-Adapter plus's Resampler, as docs/research/released_ip_adapter.md §4.2 describes it, in functional ops."""
+    import torch.nn.functional as F
+
+    w = {k[len("image_proj."):]: v for k, v in state.items() if k.startswith("image_proj.")}
+    lat = w["latents"].expand(x.shape[0], -1, -1)
+    x = F.linear(x, w["proj_in.weight"], w["proj_in.bias"])
+    for i in range(4):
+        p = f"layers.{i}."
+        xn = F.layer_norm(x, (768,), w[p + "0.norm1.weight"], w[p + "0.norm1.bias"])
+        ln = F.layer_norm(lat, (768,), w[p + "0.norm2.weight"], w[p + "0.norm2.bias"])
+        q = F.linear(ln, w[p + "0.to_q.weight"])
+        kv = F.linear(torch.cat([xn, ln], 1), w[p + "0.to_kv.weight"])
+        k, v = kv[..., :768], kv[..., 768:]
+        split = lambda t: t.reshape(t.shape[0], t.shape[1], heads, d).transpose(1, 2)  # noqa: E731
+        s = d ** -0.25
+        a = torch.softmax((split(q) * s) @ (split(k) * s).transpose(-1, -2), -1) @ split(v)
+        lat = F.linear(a.transpose(1, 2).reshape(lat.shape), w[p + "0.to_out.weight"]) + lat
+        h = F.layer_norm(lat, (768,), w[p + "1.0.weight"], w[p + "1.0.bias"])
+        lat = F.linear(F.gelu(F.linear(h, w[p + "1.1.weight"])), w[p + "1.3.weight"]) + lat
+    return F.layer_norm(F.linear(lat, w["proj_out.weight"], w["proj_out.bias"]), (768,), w["norm_out.weight"],
+                        w["norm_out.bias"])
+
+
+def test_plus_layout_loads_strictly_and_its_tokens_are_the_resampler_written_out(sd15_layers):
+    from performer_pkg.models.attention.identity import _key, from_ip_adapter
+
+    layout = released("ip-adapter-plus_sd15.safetensors")
+    image_proj = {k: v for k, v in layout.items() if k.startswith("image_proj.")}
+    assert len(image_proj) == 51 and sum(math.prod(v) for v in image_proj.values()) == 29_918_208  # as research records
+    state = state_of(layout, seed=5, scale=0.05)
+    ad = from_ip_adapter(state, "ip-adapter-plus_sd15.safetensors")
+    assert ad.kinds == ("img",) and ad.reads_hidden_states and ad.config["num_image_tokens"] == 16
+    assert {n: tuple(v) for n, v in ad.config["layers"].items()} == sd15_layers
+    assert {k: list(v.shape) for k, v in ad.image_proj.state_dict().items()} == \
+        {k[len("image_proj."):]: v for k, v in image_proj.items()}  # the resampler holds exactly the file's tensors
+    assert torch.equal(ad.kv[_key("mid_block.attentions.0.transformer_blocks.0.attn2") + "__k_img"].weight,
+                       state["ip_adapter.31.to_k_ip.weight"])
+    x = torch.randn(2, 257, 1280, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = ad.tokens(x, None)
+    want = resampler_written_out(state, x)
+    assert got.shape == (2, 16, 768) and (got - want).abs().max() < 1e-4
+    from performer_pkg.models.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="penultimate hidden states"):
+        ad.tokens(torch.randn(1, 1024), None)  # a projected embedding, as the plain file reads
+
+
+def test_plus_is_refused_by_the_pipe_with_the_native_node_named(ad, tmp_path):
+    from safetensors.torch import save_file
+
+    from performer_pkg.models.backbones.loaders import with_identity_adapter
+    from performer_pkg.models.errors import BadInputError
+
+    path = tmp_path / "ip-adapter-plus-face_sd15.safetensors"
+    save_file({k: v.half() for k, v in state_of(released("ip-adapter-plus_sd15.safetensors")).items()}, str(path))
+    with pytest.raises(BadInputError, match="plus-face_sd15.*Apply Identity \\(native\\)"):
+        with_identity_adapter(ad, str(path))
+
+
+def test_plus_face_file_drives_apply_identity_on_a_real_size_sd15_checkpoint_in_the_host(host, models_tree):
+    """End to end in the test host: the plus-face file (the released layout, random weights) in models/ipadapter, core's
+    CheckpointLoaderSimple on a real-size SD1.5 checkpoint, core's CLIPVisionEncode of the reference on a stand-in with
+    ViT-H's output shapes (TestClipVisionH: core builds ViT-H only at its 630 M-parameter size), Apply Identity reading
+    the penultimate hidden states and the stand-in's neutral-image tokens for the unconditional half: the run succeeds
+    and differs from the same graph without Apply Identity; without clip_vision it stops with the error naming it."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from host import ADE_DIR, ADE_MISSING, output_files
+
+    if not os.path.isdir(ADE_DIR):
+        pytest.skip(ADE_MISSING + "; the real-size SD1.5 test checkpoint is written with the ADE files")
+    root = models_tree[0]
+    os.makedirs(os.path.join(root, "ipadapter"), exist_ok=True)
+    save_file({k: v.half() for k, v in state_of(released("ip-adapter-plus_sd15.safetensors"), seed=4, scale=0.05).items()},
+              os.path.join(root, "ipadapter", "ip-adapter-plus-face_sd15.safetensors"))
+
+    def api(identity, with_model=True):
+        g = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": os.path.basename(tm.ADE_SD15_FILE)}},
+             "2": {"class_type": "LoadImage", "inputs": {"image": "performer_reference.png"}},
+             "10": {"class_type": "TestClipVisionH", "inputs": {}},
+             "11": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["10", 0], "image": ["2", 0], "crop": "center"}},
+             "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a person", "clip": ["1", 1]}},
+             "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
+             "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+             "7": {"class_type": "KSampler", "inputs": {"model": ["3", 0] if identity else ["1", 0], "seed": 1, "steps": 2,
+                                                        "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+                                                        "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
+                                                        "denoise": 1.0}},
+             "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+             "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": f"performer/plus_{identity}"}}}
+        if identity:
+            g["3"] = {"class_type": "PerformerApplyIdentity", "inputs": {
+                "model": ["1", 0], "identity_adapter": "ip-adapter-plus-face_sd15.safetensors", "arcface": "none",
+                "image_scale": 1.0, "face_scale": 0.0, "start_percent": 0.0, "end_percent": 1.0,
+                "clip_vision_output": ["11", 0]}}
+            if with_model:
+                g["3"]["inputs"]["clip_vision"] = ["10", 0]
+        return g
+
+    frames = []
+    for identity in (True, False):
+        res = host.run(api(identity), timeout=900)
+        assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
+        frames.append(np.asarray(Image.open(__import__("io").BytesIO(host.view(output_files(res)[0])))))
+    assert not np.array_equal(frames[0], frames[1])
+    res = host.run(api(True, with_model=False), timeout=900)
+    assert res["status"] == "execution_error" and "connect the CLIP vision model (clip_vision)" in json.dumps(res["events"])

@@ -42,16 +42,71 @@ def cross_attention_layers(unet: nn.Module) -> Dict[str, nn.Module]:
     return out
 
 
+class PerceiverAttention(nn.Module):
+    """IP-Adapter plus's resampler attention: the queries (learnt latents) attend to [image tokens, latents], both
+    LayerNorm'd; one K/V projection ``to_kv`` (keys then values), no biases."""
+
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        inner = heads * dim_head
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, inner, bias=False)
+        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        from .maths import attention
+
+        x, latents = self.norm1(x), self.norm2(latents)
+        k, v = self.to_kv(torch.cat([x, latents], 1)).chunk(2, dim=-1)
+        return self.to_out(attention(self.to_q(latents), k, v, self.heads))
+
+
+class Resampler(nn.Module):
+    """IP-Adapter plus's image projection: ``num_queries`` learnt latents read the CLIP vision model's penultimate
+    hidden states through ``depth`` perceiver layers (attention + GELU feed-forward, both residual), then a linear
+    projection and a LayerNorm give the image tokens."""
+
+    def __init__(self, dim: int, depth: int, heads: int, dim_head: int, num_queries: int, embedding_dim: int,
+                 output_dim: int, ff_mult: int = 4):
+        super().__init__()
+        self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim ** 0.5)
+        self.proj_in = nn.Linear(embedding_dim, dim)
+        self.proj_out = nn.Linear(dim, output_dim)
+        self.norm_out = nn.LayerNorm(output_dim)
+        self.layers = nn.ModuleList([
+            nn.ModuleList([PerceiverAttention(dim, heads, dim_head),
+                           nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * ff_mult, bias=False), nn.GELU(),
+                                         nn.Linear(dim * ff_mult, dim, bias=False))])
+            for _ in range(depth)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lat = self.latents.expand(x.shape[0], -1, -1)
+        x = self.proj_in(x)
+        for attn, ff in self.layers:
+            lat = attn(x, lat) + lat
+            lat = ff(lat) + lat
+        return self.norm_out(self.proj_out(lat))
+
+
 class IdentityAdapter(nn.Module):
     def __init__(self, layers: Dict[str, list], cross_dim: int, clip_dim: int = 0, num_image_tokens: int = 4,
-                 face_dim: int = 512, num_face_tokens: int = 4):
+                 face_dim: int = 512, num_face_tokens: int = 4, resampler: Optional[Dict[str, int]] = None):
         super().__init__()
         self.config = dict(layers={k: list(v) for k, v in layers.items()}, cross_dim=int(cross_dim), clip_dim=int(clip_dim),
                            num_image_tokens=int(num_image_tokens) if clip_dim else 0, face_dim=int(face_dim),
                            num_face_tokens=int(num_face_tokens))
+        if resampler:  # IP-Adapter plus: image tokens from CLIP hidden states (batch, tokens, clip_dim)
+            self.config["resampler"] = {k: int(v) for k, v in resampler.items()}
         c = self.config
         self.image_proj = None
-        if c["clip_dim"]:
+        if c["clip_dim"] and resampler:
+            r = c["resampler"]
+            self.image_proj = Resampler(r["dim"], r["depth"], r["heads"], r["dim_head"], c["num_image_tokens"],
+                                        c["clip_dim"], cross_dim, r["ff_mult"])
+            self.image_norm = None
+        elif c["clip_dim"]:
             self.image_proj = nn.Sequential(nn.Linear(c["clip_dim"], c["num_image_tokens"] * cross_dim))
             self.image_norm = nn.LayerNorm(cross_dim)
         self.face_proj = None  # no face tokens (e.g. a plain IP-Adapter file): no face part at all
@@ -93,6 +148,12 @@ class IdentityAdapter(nn.Module):
         return ad
 
     @property
+    def reads_hidden_states(self) -> bool:
+        """Whether the CLIP-image tokens come from CLIP's penultimate hidden states (IP-Adapter plus) rather than its
+        projected image embedding."""
+        return "resampler" in self.config
+
+    @property
     def num_tokens(self) -> int:
         return self.config["num_image_tokens"] + self.config["num_face_tokens"]
 
@@ -101,7 +162,13 @@ class IdentityAdapter(nn.Module):
         c = self.config
         p = next(self.parameters())
         parts = []
-        if self.image_proj is not None:
+        if self.image_proj is not None and self.reads_hidden_states:
+            if clip_embeds is None or clip_embeds.ndim != 3 or clip_embeds.shape[-1] != c["clip_dim"]:
+                raise BadInputError(f"This identity adapter (IP-Adapter plus) reads CLIP's penultimate hidden states "
+                                    f"(batch, tokens, {c['clip_dim']}); got "
+                                    f"{None if clip_embeds is None else tuple(clip_embeds.shape)}.")
+            parts.append(self.image_proj(clip_embeds.to(p.device, p.dtype)))
+        elif self.image_proj is not None:
             x = clip_embeds if clip_embeds is not None else torch.zeros(batch, c["clip_dim"])
             if x.shape[-1] != c["clip_dim"]:
                 raise BadInputError(f"CLIP embedding has width {x.shape[-1]}; this identity adapter expects {c['clip_dim']}.")

@@ -12,8 +12,9 @@ their sources):
   ``to_v_ip`` → the face K/V pairs.  The file also holds rank-128 LoRA weights for the UNet's attention
   (``to_q_lora`` …); the adapter does not apply them, and says so: FaceID's authors ship the same LoRA as
   ``ip-adapter-faceid_sd15_lora.safetensors`` for ComfyUI's LoRA loaders.
-* ``ip-adapter-plus*`` (a perceiver "Resampler" over CLIP hidden states) is refused with a clear error: the pack's
-  adapter has no resampler.
+* ``ip-adapter-plus_sd15.safetensors`` / ``ip-adapter-plus-face_sd15.safetensors``: ``image_proj`` is a perceiver
+  resampler (16 learnt queries reading the CLIP ViT-H penultimate hidden states through 4 layers) → the adapter's
+  :class:`~.identity.Resampler` under the same names; ``to_k_ip`` / ``to_v_ip`` as for the plain file.
 
 ``N`` is the position of the layer's processor in diffusers' ``UNet2DConditionModel.attn_processors`` — every attention
 layer counted, self- and cross-, in the order down blocks, **up blocks, then the mid block** (the order the modules are
@@ -53,11 +54,13 @@ def is_ip_adapter(state: Dict[str, torch.Tensor]) -> bool:
 
 
 def ip_adapter_kind(state: Dict[str, torch.Tensor], path: str = "") -> str:
-    """``plain`` (ImageProjModel), ``faceid`` (MLP projection of an ArcFace embedding); other IP-Adapter kinds refused."""
+    """``plain`` (ImageProjModel), ``plus`` (perceiver resampler: plus and plus-face), ``faceid`` (MLP projection of an
+    ArcFace embedding); other IP-Adapter kinds refused."""
     if "image_proj.latents" in state:
-        raise BadModelFileError(f"{path}: an IP-Adapter plus / plus-face file (a perceiver resampler over CLIP hidden "
-                                "states); the pack's identity adapter reads the plain (ip-adapter_sd15) and FaceID "
-                                "(ip-adapter-faceid_sd15) files.")
+        if any(k.startswith("image_proj.") and ("perceiver" in k or "pos_emb" in k or "to_latents" in k) for k in state):
+            raise BadModelFileError(f"{path}: an IP-Adapter resampler with parts SD1.5 plus files do not have "
+                                    "(FaceID plus / portrait variants); not supported.")
+        return "plus"
     if {"image_proj.proj.weight", "image_proj.norm.weight"} <= set(state):
         return "plain"
     if {"image_proj.proj.0.weight", "image_proj.proj.2.weight", "image_proj.norm.weight"} <= set(state):
@@ -90,7 +93,25 @@ def convert_ip_adapter(state: Dict[str, torch.Tensor], path: str = "") -> Tuple[
                 raise BadModelFileError(f"{path}: ip_adapter.{n}.to_{p}_ip.weight is {tuple(w.shape)}; SD1.5's {name} needs "
                                         f"({width}, {SD15_CROSS_DIM}).")
         layers[name] = [SD15_CROSS_DIM, width]
-    if kind == "plain":
+    if kind == "plus":
+        need = ("image_proj.latents", "image_proj.proj_in.weight", "image_proj.proj_out.weight", "image_proj.norm_out.weight")
+        if not all(k in state for k in need):
+            raise BadModelFileError(f"{path}: an IP-Adapter plus / plus-face resampler without "
+                                    f"{[k for k in need if k not in state]}; the file is incomplete.")
+        lat, pin = state["image_proj.latents"], state["image_proj.proj_in.weight"]
+        depth = len({m.group(1) for k in state if (m := re.match(r"image_proj\.layers\.(\d+)\.", k))})
+        dim = lat.shape[-1]
+        q = state.get("image_proj.layers.0.0.to_q.weight")
+        ff = state.get("image_proj.layers.0.1.1.weight")
+        if q is None or ff is None or not depth or pin.shape[0] != dim or state["image_proj.proj_out.weight"].shape[0] != SD15_CROSS_DIM:
+            raise BadModelFileError(f"{path}: an IP-Adapter resampler that does not fit SD1.5 plus (latents "
+                                    f"{tuple(lat.shape)}, proj_in {tuple(pin.shape)}).")
+        res = dict(dim=dim, depth=depth, heads=q.shape[0] // 64, dim_head=64, ff_mult=ff.shape[0] // dim)
+        cfg = dict(layers=layers, cross_dim=SD15_CROSS_DIM, clip_dim=pin.shape[1], num_image_tokens=lat.shape[1],
+                   num_face_tokens=0, resampler=res)
+        sd = {k: v for k, v in state.items() if k.startswith("image_proj.")}
+        suffix = "img"
+    elif kind == "plain":
         proj = state["image_proj.proj.weight"]
         tokens, rem = divmod(proj.shape[0], SD15_CROSS_DIM)
         if rem:

@@ -550,6 +550,10 @@ def with_identity_adapter(bb: Backbone, path: Optional[str], clip_vision: Option
     src: Dict[str, str] = {}
     if path:
         ad = load_identity_adapter(path, device=bb.device, dtype=bb.dtype)
+        if ad.reads_hidden_states:
+            raise BadInputError(f"{os.path.basename(path)} is an IP-Adapter plus / plus-face file (CLIP hidden states "
+                                "through a resampler); the pipe feeds identity adapters CLIP image embeddings. Use it "
+                                "with Apply Identity (native) on the MODEL.")
         from ..attention.identity import cross_attention_layers
 
         missing = [n for n in cross_attention_layers(bb.unet) if n not in ad.config["layers"]]
