@@ -279,17 +279,22 @@ class PerformerExtractPoseDWPose(io.ComfyNode):
     def define_schema(cls):
         from ._common import weight_choices
 
-        onnx = [f for f in weight_choices("performer_pose", with_dirs=False) if f.endswith(".onnx")]
+        files = [f for f in weight_choices("performer_pose", with_dirs=False) if f.endswith((".onnx", ".torchscript.pt"))]
+        det = [f for f in files if "yolox" in f.lower() or "det" in f.lower()] or files
+        est = [f for f in files if f not in det] or files
         return io.Schema(
-            node_id="PerformerExtractPoseDWPose", display_name="Extract Pose (DWPose ONNX) 🎭", category=CAT,
-            description="Whole-body poses with DWPose's ONNX files (YOLOX detector + RTMPose whole-body) via onnxruntime "
-                        "(CUDA when available). No mmcv/mmpose. Several people per frame. Cached by frame content.",
+            node_id="PerformerExtractPoseDWPose", display_name="Extract Pose (DWPose ONNX / TorchScript) 🎭", category=CAT,
+            description="Whole-body poses with DWPose (YOLOX detector + RTMPose whole-body): the ONNX files via "
+                        "onnxruntime (CUDA when available), or the TorchScript files comfyui_controlnet_aux ships "
+                        "(yolox_l.torchscript.pt, dw-ll_ucoco_384_bs5.torchscript.pt) via torch. No mmcv/mmpose. "
+                        "Several people per frame. Cached by frame content.",
             inputs=[io.Image.Input("images", tooltip="Frames (a video as an IMAGE batch, or one photo)."),
-                    io.Combo.Input("detector", options=onnx or ["yolox_l.onnx"], default="yolox_l.onnx" if "yolox_l.onnx" in onnx else None,
-                                   tooltip="Person detector in models/performer/pose (yolox_l.onnx)."),
-                    io.Combo.Input("estimator", options=onnx or ["dw-ll_ucoco_384.onnx"],
-                                   default="dw-ll_ucoco_384.onnx" if "dw-ll_ucoco_384.onnx" in onnx else None,
-                                   tooltip="Whole-body estimator in models/performer/pose (dw-ll_ucoco_384.onnx)."),
+                    io.Combo.Input("detector", options=det or ["yolox_l.onnx"], default="yolox_l.onnx" if "yolox_l.onnx" in det else None,
+                                   tooltip="Person detector in models/performer/pose (yolox_l.onnx or yolox_l.torchscript.pt)."),
+                    io.Combo.Input("estimator", options=est or ["dw-ll_ucoco_384.onnx"],
+                                   default="dw-ll_ucoco_384.onnx" if "dw-ll_ucoco_384.onnx" in est else None,
+                                   tooltip="Whole-body estimator in models/performer/pose (dw-ll_ucoco_384.onnx or "
+                                           "dw-ll_ucoco_384_bs5.torchscript.pt)."),
                     io.Float.Input("fps", default=8.0, min=0.1, max=240.0, step=0.1, tooltip="Frame rate of the frames."),
                     io.Int.Input("max_people", default=4, min=1, max=64, tooltip="Most people kept per frame (highest scores first).")],
             outputs=[POSE.Output(display_name="pose", tooltip="PERFORMER_POSE; frames without a person have absent points.")],

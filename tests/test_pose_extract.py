@@ -1,6 +1,7 @@
 """Pose extractors on real inputs: MediaPipe on a real photo, DWPose end to end through ONNX files with the
 real I/O signature, the content-keyed cache, and bad inputs."""
 import numpy as np
+import torch
 import pytest
 
 import tiny_models as tm
@@ -44,6 +45,33 @@ def test_dwpose_onnx_pair_end_to_end(models_tree):
     np.testing.assert_allclose(pose.keypoints[:, 0, :, 2], 0.7, atol=1e-6)
     with pytest.raises(MissingModelError, match="performer_pose"):
         DWPoseExtractor(P["dw_det"] + ".missing", P["dw_pose"])
+
+
+def test_dwpose_torchscript_pair_as_controlnet_aux_ships_it_equals_the_onnx_pair(models_tree, tmp_path):
+    """comfyui_controlnet_aux's TorchScript files (same outputs as the ONNX pair; the detector in fp16, the estimator
+    traced at batch 5): the same poses as the ONNX pair, one person padded to a batch of 5 and cut back."""
+    import os
+
+    from performer_pkg.models.errors import BadModelFileError
+
+    P, root = models_tree[1], models_tree[0]
+    frames = np.random.default_rng(1).integers(0, 255, (2, 256, 256, 3)).astype(np.uint8)
+    onnx_pose = DWPoseExtractor(os.path.join(root, P["dw_det"]), os.path.join(root, P["dw_pose"]))(frames)
+    ex = DWPoseExtractor(os.path.join(root, P["dw_det_ts"]), os.path.join(root, P["dw_pose_ts"]))
+    assert ex.pose.fixed_batch == 5 and ex.pose_hw == (384, 288)
+    ts_pose = ex(frames)
+    np.testing.assert_allclose(ts_pose.keypoints, onnx_pose.keypoints, atol=1e-4)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"w": Evil()}, str(tmp_path / "evil.torchscript.pt"))
+    with pytest.raises(BadModelFileError, match=r"evil\.torchscript\.pt as TorchScript"):
+        DWPoseExtractor(str(tmp_path / "evil.torchscript.pt"), os.path.join(root, P["dw_pose_ts"]))
+    torch.save({"w": torch.zeros(2)}, str(tmp_path / "weights_only.pt"))
+    with pytest.raises(BadModelFileError, match=r"weights_only\.pt as TorchScript"):
+        DWPoseExtractor(os.path.join(root, P["dw_det_ts"]), str(tmp_path / "weights_only.pt"))
 
 
 def test_cache_is_keyed_by_content(models_tree):

@@ -487,6 +487,7 @@ def build_models_tree(root: str) -> Dict[str, str]:
     backbones.load_controlnet(P["cn_file"], device="cpu").save_pretrained(P["cn_dir"])
     paths.update(build_addons(root, sd15, svd))
     paths.update(dwpose_onnx_pair(root))
+    paths.update(dwpose_torchscript_pair(root))
     native_sd15_checkpoint(os.path.join(root, NATIVE_SD15_FILE))
     paths["native_sd15_file"] = NATIVE_SD15_FILE
     native_identity_adapter().save(os.path.join(root, NATIVE_ID_FILE))
@@ -640,6 +641,53 @@ def dwpose_onnx_pair(root: str, frame_size: int = 256):
         fh.write(_const_graph("tiny_rtmpose", [("input", ["batch", 3, 384, 288])],
                               [("simcc_x", ["batch", 133, 576]), ("simcc_y", ["batch", 133, 768])], [sx, sy]))
     return {"dw_det": "performer/pose/yolox_l.onnx", "dw_pose": "performer/pose/dw-ll_ucoco_384.onnx"}
+
+
+class _TinyYoloxTS(torch.nn.Module):
+    """TorchScript stand-in with YOLOX's I/O: (1, 3, 640, 640) raw pixels → (1, 8400, 85); fp16 parameters, as a
+    half-precision export would have."""
+
+    def __init__(self, det):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1, dtype=torch.float16))
+        self.register_buffer("det", torch.from_numpy(det))  # fp32, so the box is exactly the ONNX pair's
+
+    def forward(self, x):
+        return self.det + 0.0 * (x * self.scale).float().mean()
+
+
+class _TinyRtmposeTS(torch.nn.Module):
+    """TorchScript stand-in with RTMPose's I/O, traced at batch 5 like controlnet_aux's "bs5" file: (5, 3, 384, 288) →
+    (simcc_x (5, 133, 576), simcc_y (5, 133, 768)); any other batch is refused, as a fixed-batch trace would."""
+
+    def __init__(self, sx, sy):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.register_buffer("sx", torch.from_numpy(sx))
+        self.register_buffer("sy", torch.from_numpy(sy))
+
+    def forward(self, x):
+        if x.shape[0] != 5:
+            raise RuntimeError("this trace takes batches of exactly 5")
+        m = 0.0 * (x * self.w).mean()
+        return self.sx.expand(5, -1, -1) + m, self.sy.expand(5, -1, -1) + m
+
+
+def dwpose_torchscript_pair(root: str):
+    """The ONNX pair's constants (:func:`dwpose_onnx_pair`, which must run first) as comfyui_controlnet_aux's TorchScript
+    files: ``yolox_l.torchscript.pt`` and ``dw-ll_ucoco_384_bs5.torchscript.pt``."""
+    import onnx
+    from onnx import numpy_helper
+
+    d = os.path.join(root, "performer", "pose")
+    consts = {}
+    for name in ("yolox_l.onnx", "dw-ll_ucoco_384.onnx"):
+        for init in onnx.load(os.path.join(d, name)).graph.initializer:
+            consts[init.name] = numpy_helper.to_array(init)
+    torch.jit.script(_TinyYoloxTS(consts["output_c"])).save(os.path.join(d, "yolox_l.torchscript.pt"))
+    torch.jit.script(_TinyRtmposeTS(consts["simcc_x_c"], consts["simcc_y_c"])).save(
+        os.path.join(d, "dw-ll_ucoco_384_bs5.torchscript.pt"))
+    return {"dw_det_ts": "performer/pose/yolox_l.torchscript.pt", "dw_pose_ts": "performer/pose/dw-ll_ucoco_384_bs5.torchscript.pt"}
 
 
 DEMO_MODELS = os.path.join(REPO, "assets", "demo_models")

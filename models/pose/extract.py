@@ -128,6 +128,19 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list:
     return keep
 
 
+def _session(path: str, input_shape, outputs, what: str):
+    """onnxruntime for ``.onnx``; TorchScript for comfyui_controlnet_aux's ``*.torchscript.pt`` files (fixed batch from
+    "bs<N>" in the name)."""
+    import re
+
+    from ..common import TorchScriptSession, is_torchscript
+
+    if not is_torchscript(path):
+        return onnx_session(path, what)
+    m = re.search(r"bs(\d+)", os.path.basename(path))
+    return TorchScriptSession(path, input_shape, outputs, int(m.group(1)) if m else None, what)
+
+
 class DWPoseExtractor:
     name = "dwpose"
     MEAN = np.array([123.675, 116.28, 103.53], np.float32)
@@ -138,7 +151,9 @@ class DWPoseExtractor:
             if not os.path.isfile(p):
                 raise MissingModelError("performer_pose", [os.path.basename(p)], [os.path.dirname(p)],
                                         f"DWPose {what} not found.")
-        self.det, self.pose = onnx_session(det_path), onnx_session(pose_path)
+        self.det = _session(det_path, [1, 3, 640, 640], ["output"], "DWPose detector (YOLOX)")
+        hw = (256, 192) if "384" not in os.path.basename(pose_path) else (384, 288)  # as controlnet_aux names them
+        self.pose = _session(pose_path, ["batch", 3, *hw], ["simcc_x", "simcc_y"], "DWPose pose estimator (RTMPose)")
         di = self.det.get_inputs()[0]
         self.det_size = tuple(int(s) for s in di.shape[2:4]) if all(isinstance(s, int) for s in di.shape[2:4]) else (640, 640)
         pi = self.pose.get_inputs()[0]
