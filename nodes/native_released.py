@@ -244,12 +244,13 @@ def diffusers_table(unet_config: dict) -> dict:
     return comfy.utils.unet_to_diffusers(cfg)
 
 
-def load_reference_model(model, path: str):
+def load_reference_model(model, path: str, denoising: bool = False):
     """A released ReferenceNet (``reference_unet.pth`` of Moore-AnimateAnyone, MusePose or Champ: a diffusers-layout
     SD1.5 UNet without ``conv_norm_out`` / ``conv_out``; a full UNet of the same layout works too) as a core MODEL
-    built with the sampled ``model``'s own UNet config, so its layers match the ones that read it.  Keys are mapped
-    with core's diffusers → core table and checked strictly; the missing output layers (which the reference pass
-    never uses) are zero.  Returns a ModelPatcher."""
+    built with ``model``'s own UNet config, so its layers match the ones that read it.  Keys are mapped with core's
+    diffusers → core table and checked strictly; the missing output layers (which the reference pass never uses) are
+    zero.  ``denoising``: a released denoising UNet (``denoising_unet.pth``), every tensor required, output layers
+    included.  Returns a ModelPatcher."""
     import comfy.model_base
     import comfy.model_patcher
     import comfy.utils
@@ -258,7 +259,7 @@ def load_reference_model(model, path: str):
     from ..models.errors import BadInputError, BadModelFileError
 
     if type(getattr(model, "model", None)) is not comfy.model_base.BaseModel:
-        raise BadInputError(f"Load Reference UNet needs the SD1.5-family MODEL it will read into; this MODEL is "
+        raise BadInputError(f"Load Released UNet needs the SD1.5-family MODEL it will read into; this MODEL is "
                             f"{type(getattr(model, 'model', model)).__name__}.")
     config = model.model.model_config
     table = diffusers_table(config.unet_config)  # diffusers name → core name
@@ -268,12 +269,14 @@ def load_reference_model(model, path: str):
     core = model.model.diffusion_model.state_dict()
     want = {k: tuple(core[v].shape) for k, v in table.items() if v in core}
     got = {k: tuple(v.shape) for k, v in sd.items()}
-    missing = sorted(k for k in set(want) - set(got) if not k.startswith(REFERENCE_OUTPUT_KEYS))
+    missing = sorted(k for k in set(want) - set(got) if denoising or not k.startswith(REFERENCE_OUTPUT_KEYS))
     extra = sorted(set(got) - set(want))
     wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
     if missing or extra or wrong:
-        raise BadModelFileError(f"{path} is not a reference UNet for this MODEL (expected a diffusers-layout UNet state "
-                                f"dict of the same size, as AnimateAnyone / MusePose / Champ's reference_unet.pth): "
+        what = "denoising_unet.pth" if denoising else "reference_unet.pth"
+        raise BadModelFileError(f"{path} is not a {'denoising' if denoising else 'reference'} UNet for this MODEL "
+                                f"(expected a diffusers-layout UNet state dict of the same size, as AnimateAnyone / "
+                                f"MusePose / Champ's {what}): "
                                 f"missing {missing[:3]}, unexpected {extra[:3]}, other shapes "
                                 f"{[(k, got[k], want[k]) for k in wrong[:2]]}.")
     new = {table[k]: sd[k] if k in sd else torch.zeros(want[k]) for k in want}
@@ -386,25 +389,30 @@ class PerformerLoadReferenceUNet(io.ComfyNode):
         from ._common import weight_choices
 
         return io.Schema(
-            node_id="PerformerLoadReferenceUNet", display_name="Load Reference UNet (AnimateAnyone / Champ / MusePose) 🎭",
+            node_id="PerformerLoadReferenceUNet", display_name="Load Released UNet (AnimateAnyone / Champ / MusePose) 🎭",
             category=CAT,
-            description="Loads a released ReferenceNet (reference_unet.pth) as a MODEL for Apply Causal Reference's "
-                        "reference_model input. It is built with the layout of the MODEL it will read into (connect "
-                        "the denoising MODEL), its keys are checked strictly, and the output layers the released file "
-                        "leaves out (never used by the reference pass) are zero. Core's Load Diffusion Model also "
-                        "loads these files at full size; this node also takes other widths and says what is wrong "
-                        "with a wrong file.",
-            inputs=[io.Model.Input("model", tooltip="The denoising MODEL the reference will be read into (its layout is used)."),
-                    io.Combo.Input("reference_unet", options=weight_choices("diffusion_models", with_dirs=False),
-                                   tooltip="reference_unet.pth in models/diffusion_models.")],
-            outputs=[io.Model.Output(display_name="reference_model", tooltip="The ReferenceNet as a MODEL.")],
+            description="Loads a released UNet of Moore-AnimateAnyone, MusePose or Champ as a MODEL: the ReferenceNet "
+                        "(reference_unet.pth, for Apply Causal Reference's reference_model input) or the denoising UNet "
+                        "(denoising_unet.pth, to sample with). It is built with the layout of the MODEL you connect "
+                        "(an SD1.5 checkpoint: its VAE and text/CLIP parts are used alongside), its keys are checked "
+                        "strictly with a clear error for a wrong file, and the output layers a ReferenceNet file leaves "
+                        "out (never used by the reference pass) are zero. Core's Load Diffusion Model also loads these "
+                        "files at full size.",
+            inputs=[io.Model.Input("model", tooltip="An SD1.5-family MODEL with the released UNet's layout (SD1.5): its "
+                                                    "config is used, its weights are not."),
+                    io.Combo.Input("unet", options=weight_choices("diffusion_models", with_dirs=False),
+                                   tooltip="reference_unet.pth or denoising_unet.pth in models/diffusion_models."),
+                    io.Combo.Input("role", options=["reference (ReferenceNet)", "denoising"],
+                                   tooltip="reference: reference_unet.pth, which lacks the output layers; denoising: "
+                                           "denoising_unet.pth, every tensor required.")],
+            outputs=[io.Model.Output(display_name="model", tooltip="The released UNet as a MODEL.")],
         )
 
     @classmethod
-    def execute(cls, model, reference_unet) -> io.NodeOutput:
+    def execute(cls, model, unet, role) -> io.NodeOutput:
         from ._common import resolve
 
-        return io.NodeOutput(load_reference_model(model, resolve(reference_unet, ("diffusion_models",))))
+        return io.NodeOutput(load_reference_model(model, resolve(unet, ("diffusion_models",)), role == "denoising"))
 
 
 class PerformerApplyMimicMotionUNet(io.ComfyNode):

@@ -292,10 +292,10 @@ def test_plus_is_refused_by_the_pipe_with_the_native_node_named(ad, tmp_path):
 
 def test_plus_face_file_drives_apply_identity_on_a_real_size_sd15_checkpoint_in_the_host(host, models_tree):
     """End to end in the test host: the plus-face file (the released layout, random weights) in models/ipadapter, core's
-    CheckpointLoaderSimple on a real-size SD1.5 checkpoint, core's CLIPVisionEncode of the reference on a stand-in with
-    ViT-H's output shapes (TestClipVisionH: core builds ViT-H only at its 630 M-parameter size), Apply Identity reading
-    the penultimate hidden states and the stand-in's neutral-image tokens for the unconditional half: the run succeeds
-    and differs from the same graph without Apply Identity; without clip_vision it stops with the error naming it."""
+    CheckpointLoaderSimple on a real-size SD1.5 checkpoint, core's CLIPVisionEncode of the reference with core's ViT-H
+    (the real-size SVD test file's CLIP vision, through ImageOnlyCheckpointLoader), Apply Identity reading the
+    penultimate hidden states and ViT-H's neutral-image tokens for the unconditional half: the run succeeds and differs
+    from the same graph without Apply Identity; without clip_vision it stops with the error naming it."""
     import numpy as np
     from PIL import Image
     from safetensors.torch import save_file
@@ -312,8 +312,8 @@ def test_plus_face_file_drives_apply_identity_on_a_real_size_sd15_checkpoint_in_
     def api(identity, with_model=True):
         g = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": os.path.basename(tm.ADE_SD15_FILE)}},
              "2": {"class_type": "LoadImage", "inputs": {"image": "performer_reference.png"}},
-             "10": {"class_type": "TestClipVisionH", "inputs": {}},
-             "11": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["10", 0], "image": ["2", 0], "crop": "center"}},
+             "10": {"class_type": "ImageOnlyCheckpointLoader", "inputs": {"ckpt_name": os.path.basename(tm.NATIVE_SVD_FILE)}},
+             "11": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["10", 1], "image": ["2", 0], "crop": "center"}},
              "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a person", "clip": ["1", 1]}},
              "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
              "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
@@ -329,7 +329,7 @@ def test_plus_face_file_drives_apply_identity_on_a_real_size_sd15_checkpoint_in_
                 "image_scale": 1.0, "face_scale": 0.0, "start_percent": 0.0, "end_percent": 1.0,
                 "clip_vision_output": ["11", 0]}}
             if with_model:
-                g["3"]["inputs"]["clip_vision"] = ["10", 0]
+                g["3"]["inputs"]["clip_vision"] = ["10", 1]
         return g
 
     frames = []

@@ -164,8 +164,21 @@ def test_reference_unet_files_that_do_not_fit_are_refused_naming_the_file(tmp_pa
     torch.save({"conv_in.weight": Evil()}, str(tmp_path / "evil.pth"))
     with pytest.raises(BadModelFileError, match=r"(?s)evil\.pth.*pickled code is refused"):
         load_reference_model(model, str(tmp_path / "evil.pth"))
-    with pytest.raises(BadInputError, match="Load Reference UNet needs the SD1.5-family MODEL"):
+    with pytest.raises(BadInputError, match="Load Released UNet needs the SD1.5-family MODEL"):
         load_reference_model(tm.core_svd_patcher(), str(tmp_path / "missing.pth"))
+    with pytest.raises(BadModelFileError, match=r"reference_unet\.pth is not a denoising UNet.*missing.*conv_out"):
+        load_reference_model(model, str(tmp_path / "reference_unet.pth"), denoising=True)
+
+
+def test_denoising_unet_file_samples_like_the_model_it_was_taken_from(tmp_path):
+    """A denoising_unet.pth in the released layout (diffusers names, output layers included) loaded as a MODEL gives
+    the same samples as the core model whose weights it holds, and another one's differ."""
+    from performer_pkg.nodes.native_released import load_reference_model
+
+    model = tm.core_sd15_patcher()
+    torch.save(diffusers_state(model, drop_output=False), str(tmp_path / "denoising_unet.pth"))
+    loaded = load_reference_model(tm.core_sd15_patcher(seed=7), str(tmp_path / "denoising_unet.pth"), denoising=True)
+    assert torch.equal(_sample(loaded), _sample(model))
 
 
 # ----------------------------------------------------------------------------- the pack's pipe
@@ -244,7 +257,8 @@ def test_reference_unet_in_the_host(host, models_tree, tmp_path):
     """End to end in the test host: a ReferenceNet in the released key layout (diffusers names, no output layers) at
     the native test checkpoint's width in models/diffusion_models; CheckpointLoaderSimple → Load Reference UNet →
     Apply Causal Reference (reference_model) → KSampler over 3 frames: it runs, one reference pass, and the frames differ
-    from the same workflow without the reference model."""
+    from the same workflow without the reference model; and the checkpoint's own UNet written as a denoising_unet.pth,
+    loaded with Load Released UNet, gives exactly the checkpoint's video."""
     import numpy as np
     from PIL import Image
 
@@ -259,10 +273,11 @@ def test_reference_unet_in_the_host(host, models_tree, tmp_path):
     sd = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in diffusers_state(model).items()}
     os.makedirs(os.path.join(root, "diffusion_models"), exist_ok=True)
     torch.save(sd, os.path.join(root, "diffusion_models", "reference_unet.pth"))
+    torch.save(diffusers_state(model, drop_output=False), os.path.join(root, "diffusion_models", "denoising_unet.pth"))
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(
         os.path.join(host.workdir, "input", "performer_reference_unet_test.png"))
 
-    def api(separate):
+    def api(separate, denoising_file=False):
         out = {
             "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": os.path.basename(tm.NATIVE_SD15_FILE)}},
             "2": {"class_type": "LoadImage", "inputs": {"image": "performer_reference_unet_test.png"}},
@@ -279,19 +294,24 @@ def test_reference_unet_in_the_host(host, models_tree, tmp_path):
             "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
             "11": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": f"performer/refunet_{separate}"}},
         }
+        if denoising_file:  # the checkpoint's own UNet as a released denoising_unet.pth: the same video
+            out["12"] = {"class_type": "PerformerLoadReferenceUNet", "inputs": {"model": ["1", 0], "unet": "denoising_unet.pth",
+                                                                                "role": "denoising"}}
+            out["4"]["inputs"]["model"] = ["12", 0]
         if separate:
-            out["3"] = {"class_type": "PerformerLoadReferenceUNet", "inputs": {"model": ["1", 0],
-                                                                               "reference_unet": "reference_unet.pth"}}
+            out["3"] = {"class_type": "PerformerLoadReferenceUNet", "inputs": {"model": ["1", 0], "unet": "reference_unet.pth",
+                                                                               "role": "reference (ReferenceNet)"}}
             out["4"]["inputs"]["reference_model"] = ["3", 0]
         return out
 
     frames = []
-    for separate in (True, False):
-        res = host.run(api(separate), timeout=900)
+    for separate, denoising_file in ((True, False), (False, False), (False, True)):
+        res = host.run(api(separate, denoising_file), timeout=900)
         assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
         files = output_files(res)
         assert len(files) == 3
         frames.append([np.asarray(Image.open(__import__("io").BytesIO(host.view(f)))) for f in files])
         counts = host.get("/performer_test/alive")["counts"]["CausalReferencePatch"]
         assert counts["writes"] == counts["runs"] >= 1, counts
-    assert any(not np.array_equal(a, b) for a, b in zip(*frames))
+    assert any(not np.array_equal(a, b) for a, b in zip(frames[0], frames[1]))
+    assert all(np.array_equal(a, b) for a, b in zip(frames[1], frames[2]))

@@ -118,45 +118,5 @@ class TestWanTextEmbedding:
         return ([[torch.randn((1, tokens, 4096), generator=g), {}]],)
 
 
-class _StandInVisionOutput:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-    def __getitem__(self, key):
-        return self.__dict__[key]
-
-
-class _StandInClipVisionH:
-    """Stand-in for core's CLIP ViT-H (630 M parameters at its one size): a fixed random map of the 224² input to
-    ViT-H-shaped outputs (penultimate hidden states (1, 257, 1280), image_embeds (1, 1024)); different images give
-    different outputs, the same image the same."""
-
-    def encode_image(self, image, crop=True):
-        import torch
-        import torch.nn.functional as F
-
-        g = torch.Generator().manual_seed(0)
-        x = F.interpolate(image[..., :3].movedim(-1, 1).float(), size=(16, 16), mode="area").flatten(1)  # (B, 768)
-        w = torch.randn(x.shape[1], 257 * 1280 // 256, generator=g) / 28.0
-        h = (x @ w).reshape(x.shape[0], 257, 5).repeat_interleave(256, -1)
-        return _StandInVisionOutput(penultimate_hidden_states=h, last_hidden_state=h,
-                                    image_embeds=h[:, 0, :1024], mm_projected=None)
-
-
-class TestClipVisionH:
-    """A CLIP_VISION stand-in with ViT-H's output shapes, for core's CLIPVisionEncode in host tests."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {}}
-
-    RETURN_TYPES = ("CLIP_VISION",)
-    FUNCTION = "load"
-    CATEGORY = "testing"
-
-    def load(self):
-        return (_StandInClipVisionH(),)
-
-
 NODE_CLASS_MAPPINGS = {"TestProbePerformerPatches": TestProbePerformerPatches, "TestProbePerformerPipe": TestProbePerformerPipe,
-                       "TestWanTextEmbedding": TestWanTextEmbedding, "TestClipVisionH": TestClipVisionH}
+                       "TestWanTextEmbedding": TestWanTextEmbedding}
