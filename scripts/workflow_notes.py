@@ -71,6 +71,16 @@ NOTES = {
         "here are random-weight test stand-ins). Core's ControlNet nodes do not support ADE's sliding windows (ADE "
         "refuses them; Advanced-ControlNet's do), so pose control here is Apply Pose Guidance.\n\n"
         "Change: the reference photo, the skeleton frames, the batch size (frames), context length/overlap, steps."),
+    "performer_native_mimicmotion": (
+        "MimicMotion on the SVD MODEL (released weights): SVD-xt 1.1 through core's loader and conditioning, "
+        "MimicMotion's finetuned UNet as weight patches (Apply MimicMotion UNet) and its PoseNet on the pose images "
+        "(Apply PoseNet, conditional half only, red-blue swapped colours as MimicMotion draws them), core's KSampler at "
+        "MimicMotion's CFG 2.\n\n"
+        "Models: svd_xt_1_1.safetensors in models/checkpoints; MimicMotion_1-1.pth (tencent/MimicMotion) in "
+        "models/performer/adapters, read by both nodes (the files named here are random-weight test stand-ins).\n\n"
+        "Poses: as in MimicMotion, frame 0 is the reference photo's own pose and the video's first frame is the "
+        "reference (drop it after decoding); fps 7 as MimicMotion conditions SVD. Change: the reference photo, the "
+        "pose frames, video_frames (MimicMotion: 72 per tile at 576 x 1024), steps (25)."),
     "performer_native_svd_reference_pose": (
         "Native SVD: your SVD checkpoint through core's loader and conditioning, causal reference attention (SCD) and "
         "the pack's pose guidance on the MODEL, core's KSampler with linear CFG. The reference passes once per run; "

@@ -298,6 +298,37 @@ def ade_models(root: str, seed: int = 41) -> Dict[str, str]:
 
 
 NATIVE_SVD_FILE = "checkpoints/native_svd_full.safetensors"
+MIMICMOTION_FILE = "performer/adapters/MimicMotion_1-1.pth"
+
+
+def mimicmotion_checkpoint(root: str, seed: int = 61) -> str:
+    """``MimicMotion_1-1.pth`` in the released layout (``unet.*`` under diffusers' names + ``pose_net.*``, fp16) holding
+    the real-size SVD test file's own UNet with ``conv_out.bias`` moved by 0.3 (so sampling with it differs) and a
+    random PoseNet; ≈ 3 GB.  Built once per models root."""
+    path = os.path.join(root, MIMICMOTION_FILE)
+    if os.path.exists(path):
+        return path
+    from safetensors import safe_open
+
+    from performer_pkg.models.backbones.convert_svd import unet_keys_to_diffusers
+
+    pre = "model.diffusion_model."
+    sd = {}
+    with safe_open(native_svd_checkpoint(os.path.join(root, NATIVE_SVD_FILE)), "pt") as f:
+        for k in f.keys():
+            if k.startswith(pre):
+                sd[k[len(pre):]] = f.get_tensor(k).half()
+    out = {"unet." + k: v for k, v in unet_keys_to_diffusers(sd, 2).items()}
+    del sd
+    out["unet.conv_out.bias"] = out["unet.conv_out.bias"] + 0.3
+    with open(os.path.join(HERE, "data", "released_layouts", "MimicMotion_1-1.pth.json")) as fh:
+        keys = {k: v for k, v in json.load(fh)["keys"].items() if k.startswith("pose_net.")}
+    g = torch.Generator().manual_seed(seed)
+    out.update({k: (torch.ones(v) * 1.13 if k.endswith("scale") else 0.05 * torch.randn(v, generator=g)).half()
+                for k, v in keys.items()})
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(out, path)
+    return path
 
 
 def native_svd_checkpoint(path: str, seed: int = 51) -> str:
@@ -494,6 +525,8 @@ def build_models_tree(root: str) -> Dict[str, str]:
     paths["native_id_file"] = NATIVE_ID_FILE
     native_svd_checkpoint(os.path.join(root, NATIVE_SVD_FILE))
     paths["native_svd_file"] = NATIVE_SVD_FILE
+    mimicmotion_checkpoint(root)
+    paths["mimicmotion_file"] = MIMICMOTION_FILE
     _save(wan_dit_state(model_type="animate"), os.path.join(root, WAN_ANIMATE_FILE))
     _save(wan_vae_state(), os.path.join(root, WAN_VAE_FILE))
     paths.update(wan_animate_file=WAN_ANIMATE_FILE, wan_vae_file=WAN_VAE_FILE)
