@@ -415,6 +415,45 @@ class PerformerLoadReferenceUNet(io.ComfyNode):
         return io.NodeOutput(load_reference_model(model, resolve(unet, ("diffusion_models",)), role == "denoising"))
 
 
+def clip_vision_conditioning(clip_vision_output, width: int = 768):
+    """(positive, negative) CONDITIONING for the AnimateAnyone family's UNets, whose cross-attention reads the reference's
+    projected CLIP image embedding as its one context token (instead of text): positive = the embedding, negative =
+    zeros, as those projects' pipelines make the unconditional half."""
+    from ..models.errors import BadInputError
+
+    emb = getattr(clip_vision_output, "image_embeds", None)
+    if emb is None or emb.ndim != 2:
+        raise BadInputError("clip_vision_output has no projected image embedding (image_embeds); use a CLIP vision model "
+                            "with a projection (CLIP ViT-L/14).")
+    if emb.shape[-1] != width:
+        raise BadInputError(f"The image embedding is {emb.shape[-1]}-wide; AnimateAnyone / Champ / MusePose read CLIP "
+                            f"ViT-L/14's {width}-wide embedding (the image encoder of sd-image-variations-diffusers).")
+    tok = emb[:1, None].float().cpu()
+    return [[tok, {}]], [[torch.zeros_like(tok), {}]]
+
+
+class PerformerClipVisionConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="PerformerClipVisionConditioning",
+            display_name="CLIP Vision Conditioning (AnimateAnyone / Champ / MusePose) 🎭", category=CAT,
+            description="The conditioning those projects' UNets were trained with: the reference's projected CLIP image "
+                        "embedding as the one cross-attention token (no text); the negative is zeros, as their "
+                        "pipelines make the unconditional half.",
+            inputs=[io.ClipVisionOutput.Input("clip_vision_output",
+                                              tooltip="CLIP Vision Encode of the reference with a CLIP ViT-L/14 (the image "
+                                                      "encoder of lambdalabs/sd-image-variations-diffusers).")],
+            outputs=[io.Conditioning.Output(display_name="positive", tooltip="The image embedding as context."),
+                     io.Conditioning.Output(display_name="negative", tooltip="Zeros of the same shape.")],
+        )
+
+    @classmethod
+    def execute(cls, clip_vision_output) -> io.NodeOutput:
+        pos, neg = clip_vision_conditioning(clip_vision_output)
+        return io.NodeOutput(pos, neg)
+
+
 class PerformerApplyMimicMotionUNet(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -442,4 +481,4 @@ class PerformerApplyMimicMotionUNet(io.ComfyNode):
 
 
 NODES = [PerformerApplyPoseGuider, PerformerApplyPoseNet, PerformerApplyChampGuidance, PerformerLoadReferenceUNet,
-         PerformerApplyMimicMotionUNet]
+         PerformerApplyMimicMotionUNet, PerformerClipVisionConditioning]

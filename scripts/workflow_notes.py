@@ -71,6 +71,21 @@ NOTES = {
         "here are random-weight test stand-ins). Core's ControlNet nodes do not support ADE's sliding windows (ADE "
         "refuses them; Advanced-ControlNet's do), so pose control here is Apply Pose Guidance.\n\n"
         "Change: the reference photo, the skeleton frames, the batch size (frames), context length/overlap, steps."),
+    "performer_native_champ": (
+        "Champ with its released weights, natively: the reference photo and a driving pose sequence. Bodies are fitted "
+        "to both, the driving bodies take the reference's shape and are rendered in Champ's conventions (depth, "
+        "normal, semantic map; the skeleton drawn from the same bodies), Champ's four guidance encoders add them after "
+        "conv_in, the ReferenceNet carries the reference's look (Apply Causal Reference's reference_model), Champ's "
+        "denoising UNet samples with its motion module (AnimateDiff-Evolved) and CLIP-image conditioning.\n\n"
+        "Models (fudan-generative-vision/champ): denoising_unet.pth and reference_unet.pth in models/diffusion_models; "
+        "motion_module.pth in models/animatediff_models; guidance_encoder_{depth,normal,semantic_map,dwpose}.pth in "
+        "models/performer/adapters; an SD1.5 checkpoint for the VAE and the UNet layout (Champ uses sd-vae-ft-mse); "
+        "the image encoder of lambdalabs/sd-image-variations-diffusers (CLIP ViT-L/14) in models/clip_vision; an SMPL-X "
+        "body model in models/performer/body for real bodies (the files named here are random-weight test stand-ins). "
+        "v-prediction with zero terminal SNR as Champ was trained (ModelSamplingDiscrete); the motion module keeps "
+        "that schedule (use existing).\n\n"
+        "Change: the reference photo (scaled to the video size; Champ: 512 x 512), the driving poses and frames, the "
+        "body model and fitting iterations, steps (Champ: 20) and cfg (3.5)."),
     "performer_native_mimicmotion": (
         "MimicMotion on the SVD MODEL (released weights): SVD-xt 1.1 through core's loader and conditioning, "
         "MimicMotion's finetuned UNet as weight patches (Apply MimicMotion UNet) and its PoseNet on the pose images "

@@ -34,6 +34,7 @@ def models_tree(tmp_path_factory):
 
     if os.path.isdir(ADE_DIR):  # the AnimateDiff-Evolved workflow's real-size random files (≈ 3.8 GB, ≈ 40 s)
         paths.update({f"ade_{k}": os.path.relpath(v, root) for k, v in tiny_models.ade_models(root).items()})
+        paths.update({f"champ_{k}": os.path.relpath(v, root) for k, v in tiny_models.champ_models(root).items()})
     return root, {k: os.path.join(root, v) for k, v in paths.items()}
 
 

@@ -297,6 +297,53 @@ def ade_models(root: str, seed: int = 41) -> Dict[str, str]:
     return P
 
 
+CHAMP_FILES = {"denoising": "diffusion_models/denoising_unet.pth", "reference": "diffusion_models/reference_unet.pth",
+               "motion": "animatediff_models/motion_module.pth", "clip_vision": "clip_vision/clip-vit-large-patch14.safetensors"}
+CHAMP_KINDS = ("depth", "normal", "semantic_map", "dwpose")
+
+
+def champ_models(root: str, seed: int = 71) -> Dict[str, str]:
+    """The files the bundled Champ workflow names, for the test host (after :func:`ade_models`): Champ's denoising UNet
+    in the released layout (diffusers names, fp16) holding the real-size ADE test checkpoint's UNet, its ReferenceNet
+    (a link to the same file: a full UNet loads as a reference too), the motion module in the released .pth form (the
+    ADE test file's tensors, an AnimateDiff v2 layout like Champ's), four guidance encoders in Champ's key layout at a
+    tiny inner width (320-wide output) and a random CLIP ViT-L/14 (core's ViT-L config) ≈ 2.5 GB.  Built once."""
+    from performer_pkg.models.guidance.pose_guider import ChampGuidanceEncoder
+    from performer_pkg.nodes.native_released import diffusers_table
+    from safetensors import safe_open
+
+    P = {k: os.path.join(root, v) for k, v in CHAMP_FILES.items()}
+    if not os.path.exists(P["denoising"]):
+        pre = "model.diffusion_model."
+        with safe_open(os.path.join(root, ADE_SD15_FILE), "pt") as f:
+            core = {k[len(pre):]: f.get_tensor(k) for k in f.keys() if k.startswith(pre)}
+        cfg = dict(FULL_SD15_UNET, num_res_blocks=[2] * 4)
+        sd = {d: core[c].half() for d, c in diffusers_table(cfg).items() if c in core}
+        os.makedirs(os.path.dirname(P["denoising"]), exist_ok=True)
+        torch.save(sd, P["denoising"])
+        del core, sd
+    if not os.path.exists(P["reference"]):
+        os.symlink(os.path.basename(P["denoising"]), P["reference"])
+    if not os.path.exists(P["motion"]):
+        from safetensors.torch import load_file
+
+        torch.save(load_file(os.path.join(root, ADE_MM_FILE)), P["motion"])
+    for i, kind in enumerate(CHAMP_KINDS):
+        path = os.path.join(root, "performer", "adapters", f"guidance_encoder_{kind}.pth")
+        if not os.path.exists(path):
+            with torch.device("meta"):
+                enc = ChampGuidanceEncoder(320, (16, 32, 32, 64))
+            torch.save(_random_state(enc, seed + i), path)
+    if not os.path.exists(P["clip_vision"]):
+        ensure_comfy_importable()
+        import comfy.clip_vision
+
+        cfg = os.path.join(os.path.dirname(comfy.clip_vision.__file__), "clip_vision_config_vitl.json")
+        cv = comfy.clip_vision.ClipVisionModel(cfg)
+        _save(_random_state(cv.model, seed + 9), P["clip_vision"])
+    return P
+
+
 NATIVE_SVD_FILE = "checkpoints/native_svd_full.safetensors"
 MIMICMOTION_FILE = "performer/adapters/MimicMotion_1-1.pth"
 
