@@ -214,6 +214,10 @@ class CausalReferencePatch:
         if not run.cache:
             raise ValueError("Apply Causal Reference: the reference model's pass reached no self-attention layer, so there "
                              "is nothing to read; is it an SD1.5-family UNet?")
+        if len(run.cache) < len(run.targets):
+            logging.warning("Apply Causal Reference: the reference model gave tokens to %d of %d self-attention layers "
+                            "(another patch on it rewrote the others' keys); those layers read no reference.",
+                            len(run.cache), len(run.targets))
         run.written = True
         self.writes += 1
 
@@ -473,6 +477,9 @@ def apply_pose_guidance(model, controller, skeleton=None, smplx=None, reference_
     if skeleton is None and smplx is None:
         raise BadInputError("Apply Pose Guidance needs skeleton maps, SMPL-X renders or both; neither is connected.")
     kinds = [k for k, v in (("skeleton", skeleton), ("smplx", smplx)) if v is not None]
+    from ..models.guidance.pose_controller import warn_if_silent
+
+    warn_if_silent(controller, "Apply Pose Guidance: this pose controller")
     missing = [k for k in kinds if k not in controller.encoders]
     if missing:
         raise BadInputError(f"This pose controller has no encoder for {', '.join(missing)} (it has: "

@@ -148,6 +148,10 @@ def _apply(model, parts, strength, start_percent, end_percent, mimicmotion, what
            for p in model.model_options.get("transformer_options", {}).get("patches", {}).get("input_block_patch", [])):
         raise BadInputError(f"This MODEL already has a released pose encoder (Apply Pose Guider / Champ Guidance / "
                             f"PoseNet); apply {what} once (a second would add the poses twice).")
+    from ..models.guidance.pose_controller import warn_if_silent
+
+    for g, _, _, name in parts:
+        warn_if_silent(g, f"{what}: the encoder for {name}")
     patch = ReleasedPoseGuiderPatch([(g.eval().requires_grad_(False), im, rb, n) for g, im, rb, n in parts], strength,
                                     start_percent, end_percent, signed=mimicmotion, cond_only=mimicmotion, who=what)
     m = model.clone()

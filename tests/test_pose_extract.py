@@ -205,3 +205,22 @@ def test_person_in_some_frames_only_keeps_absent_points():
     present = pose.person_present()[:, 0]
     assert present.tolist() == [True, False, True]
     assert (pose.keypoints[1, 0, :, 2] == 0).all()
+
+
+def test_dwpose_torchscript_files_in_the_host(host):
+    """End to end in the test host: Extract Pose (DWPose ONNX / TorchScript) with comfyui_controlnet_aux's file names
+    (the tiny TorchScript pair of tiny_models.dwpose_torchscript_pair) on the reference photo, then Draw Skeleton Maps."""
+    import json
+
+    from host import output_files
+
+    api = {"1": {"class_type": "LoadImage", "inputs": {"image": "performer_reference.png"}},
+           "2": {"class_type": "PerformerExtractPoseDWPose", "inputs": {
+               "images": ["1", 0], "detector": "yolox_l.torchscript.pt", "estimator": "dw-ll_ucoco_384_bs5.torchscript.pt",
+               "fps": 8.0, "max_people": 4}},
+           "3": {"class_type": "PerformerDrawPose", "inputs": {"pose": ["2", 0], "width": 0, "height": 0, "body": True,
+                                                               "hands": True, "face": True, "stick_width": 4}},
+           "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "performer/dwpose_ts"}}}
+    res = host.run(api, timeout=600)
+    assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
+    assert len(output_files(res)) == 1

@@ -254,3 +254,21 @@ def test_champ_guidance_from_the_packs_renders_in_the_host(host, models_tree):
             palette = {tuple(c) for c in __import__("performer_pkg.models.body.render", fromlist=["x"]).CHAMP_SEMANTIC_COLOURS.tolist()}
             assert sum(tuple(p) in palette for p in body.tolist()) > len(body) // 4  # palette colours (faces blend)
     assert any(not np.array_equal(a, b) for a, b in zip(*frames))
+
+
+def test_clip_vision_conditioning_is_the_image_embedding_as_one_token_and_zeros():
+    """AnimateAnyone / Champ / MusePose condition their UNet on the reference's CLIP ViT-L/14 image embedding as the one
+    context token, and the unconditional half on zeros (docs/research/released_pose_models.md §1.1, §1.3)."""
+    from types import SimpleNamespace
+
+    from performer_pkg.models.errors import BadInputError
+    from performer_pkg.nodes.native_released import clip_vision_conditioning
+
+    emb = torch.randn(1, 768, generator=torch.Generator().manual_seed(2))
+    pos, neg = clip_vision_conditioning(SimpleNamespace(image_embeds=emb))
+    assert pos[0][0].shape == (1, 1, 768) and torch.equal(pos[0][0][0, 0], emb[0])
+    assert torch.equal(neg[0][0], torch.zeros(1, 1, 768))
+    with pytest.raises(BadInputError, match="1024-wide.*ViT-L/14's 768-wide"):
+        clip_vision_conditioning(SimpleNamespace(image_embeds=torch.randn(1, 1024)))
+    with pytest.raises(BadInputError, match="no projected image embedding"):
+        clip_vision_conditioning(SimpleNamespace(image_embeds=None))

@@ -63,3 +63,23 @@ def test_pipe_loader_maps_every_released_tensor_onto_a_real_size_motion_adapter_
     assert conv == {k: v for k, v in model.items() if k not in pe}
     ad.load_state_dict({**convert_animatediff_checkpoint_to_diffusers(sd),
                         **{k: torch.empty(model[k], device="meta") for k in pe}}, strict=True, assign=True)
+
+
+def test_a_musepose_layout_motion_module_pth_samples_in_the_host(host):
+    """End to end in the test host: a tiny-width motion module in MusePose's layout (AnimateDiff v2 names, 128
+    positional encodings, a weights-only .pth as released; tiny_models.MUSEPOSE_MM_FILE) through Add Motion Module and
+    Sample Video: it runs, and the frames differ from the same graph with the 32-position tiny module."""
+    from host import output_files
+    from test_host import load_api
+
+    outs = []
+    for mm in (os.path.basename(tm.MUSEPOSE_MM_FILE), "tiny_mm_sd_v15_v2.safetensors"):
+        api = load_api("performer_text2video_smoke")
+        api["2"]["inputs"]["motion_module"] = mm
+        api["3"]["inputs"].update(frames=4, steps=2)
+        for k in ("4", "5"):
+            api.pop(k)
+        res = host.run(api, timeout=600)
+        assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
+        outs.append([host.view(f) for f in output_files(res)])
+    assert len(outs[0]) == 4 and outs[0] != outs[1]

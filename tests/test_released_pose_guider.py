@@ -281,3 +281,27 @@ def test_posenet_on_core_svd_adds_to_the_conditional_half_only_and_refuses_sd15(
         apply_released_pose_guider(svd, net, poses)
     with pytest.raises(BadInputError, match="PoseNet \\(MimicMotion\\) is for SVD models"):
         apply_released_pose_guider(tm.core_sd15_patcher(), net, poses, mimicmotion=True)
+
+
+def test_an_untrained_encoder_is_named_in_a_warning_not_silently_ignored(tmp_path, caplog):
+    """A pose encoder whose output layer is all zeros (freshly initialised: the pack's controller before training, or a
+    released file with a zeroed conv_out / final_proj) adds nothing: applying it logs a warning that says so."""
+    import logging
+
+    from performer_pkg.models.guidance.pose_controller import PoseController, warn_if_silent
+    from performer_pkg.nodes.native_released import apply_released_pose_guider
+
+    with caplog.at_level(logging.WARNING):
+        assert warn_if_silent(PoseController(), "fresh")
+    assert "fresh: its output layer is all zeros" in caplog.text
+    caplog.clear()
+    guider = _tiny_guider(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        apply_released_pose_guider(tm.core_sd15_patcher(), guider, torch.rand(3, 16, 16, 3))
+    assert "all zeros" not in caplog.text
+    with torch.no_grad():
+        guider.conv_out.weight.zero_()
+        guider.conv_out.bias.zero_()
+    with caplog.at_level(logging.WARNING):
+        apply_released_pose_guider(tm.core_sd15_patcher(), guider, torch.rand(3, 16, 16, 3))
+    assert "Apply Pose Guider: the encoder for poses: its output layer is all zeros" in caplog.text

@@ -344,6 +344,7 @@ def champ_models(root: str, seed: int = 71) -> Dict[str, str]:
     return P
 
 
+MUSEPOSE_MM_FILE = "animatediff_models/tiny_musepose_motion_module.pth"
 NATIVE_SVD_FILE = "checkpoints/native_svd_full.safetensors"
 MIMICMOTION_FILE = "performer/adapters/MimicMotion_1-1.pth"
 
@@ -493,13 +494,14 @@ def svd_single_file_state() -> Dict[str, torch.Tensor]:
             **_prefixed(open_clip_visual_state(), "conditioner.embedders.0.open_clip.model.visual.")}
 
 
-def motion_module_original_state(seed=8) -> Dict[str, torch.Tensor]:
-    """A diffusers MotionAdapter written in AnimateDiff's original (mm_sd_v15_v2) key names."""
+def motion_module_original_state(seed=8, length: int = 32) -> Dict[str, torch.Tensor]:
+    """A diffusers MotionAdapter written in AnimateDiff's original (mm_sd_v15_v2) key names (``length``: positional
+    encodings; MusePose's motion module has 128)."""
     from diffusers import MotionAdapter
 
     ad = _randomise(MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=8,
-                                  motion_norm_num_groups=32, motion_max_seq_length=32, use_motion_mid_block=True), seed)
-    return _original_motion_layout(ad.state_dict(), 32)
+                                  motion_norm_num_groups=32, motion_max_seq_length=length, use_motion_mid_block=True), seed)
+    return _original_motion_layout(ad.state_dict(), length)
 
 
 def _original_motion_layout(state: Dict[str, torch.Tensor], max_len: int) -> Dict[str, torch.Tensor]:
@@ -550,6 +552,7 @@ def build_models_tree(root: str) -> Dict[str, str]:
     _save(sd15_single_file_state(), P["sd15_file"])
     _save(svd_single_file_state(), P["svd_file"])
     _save(motion_module_original_state(), P["mm_file"])
+    torch.save(motion_module_original_state(seed=9, length=128), os.path.join(root, MUSEPOSE_MM_FILE))  # as released: .pth
     _save(_prefixed(comfy_controlnet().state_dict(), "control_model."), P["cn_file"])
 
     tok = os.path.join(COMFY_DIR, "comfy", "sd1_tokenizer")

@@ -537,6 +537,9 @@ def with_pose_controller(bb: Backbone, path: str) -> Backbone:
     if pc.config["latent_channels"] != lat or pc.config["downsample"] != bb.vae_scale_factor:
         raise BadInputError(f"This pose controller outputs {pc.config['latent_channels']} channels at 1/{pc.config['downsample']} "
                             f"size; the pipe's latent has {lat} channels at 1/{bb.vae_scale_factor}.")
+    from ..guidance.pose_controller import warn_if_silent
+
+    warn_if_silent(pc, f"Add Pose Controller: {os.path.basename(path)}")
     return bb.with_parts(pose_controller=pc, source={"pose_controller": path})
 
 

@@ -114,6 +114,25 @@ def pose_features(pc: "PoseController", skeleton: Optional[torch.Tensor], smplx:
     return torch.cat(feats) if feats else None
 
 
+OUTPUT_LAYERS = ("conv_out", "final_proj")  # the zero-initialised last layer of the pack's and the released encoders
+
+
+def warn_if_silent(module: nn.Module, what: str) -> bool:
+    """A visible warning, and True, when every output layer of a pose encoder is all zeros: an untrained (freshly
+    initialised) controller adds nothing, so the pose guidance would be ignored."""
+    import logging
+
+    outs = [m for n, m in module.named_modules() if n.split(".")[-1] in OUTPUT_LAYERS]
+    silent = bool(outs) and all(all(not p.detach().any() for p in m.parameters()) for m in outs)
+    scale = getattr(module, "scale", None)
+    if torch.is_tensor(scale) and not scale.detach().any():
+        silent = True
+    if silent:
+        logging.warning("%s: its output layer is all zeros (an untrained controller), so it adds nothing and the pose "
+                        "guidance is ignored. Train it (Personalise on One Video) or load trained weights.", what)
+    return silent
+
+
 def load_pose_controller(path: str, device=None, dtype=torch.float32) -> PoseController:
     from ..backbones.weights import load_performer_module
 
