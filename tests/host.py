@@ -241,3 +241,24 @@ if __name__ == "__main__":  # manual use: python tests/host.py <models_root> <wo
             time.sleep(1)
     except KeyboardInterrupt:
         h.stop()
+
+
+def sd15_sampling_graph(ckpt: str, model, prefix: str, frames: int = 1, text: str = "a person", cfg: float = 5.0,
+                        positive=None, negative=None) -> Dict[str, Any]:
+    """The API graph most native host tests share: CheckpointLoaderSimple ``"1"`` on ``ckpt``, prompts (``"91"``,
+    ``"92"``) unless ``positive``/``negative`` are given, an empty 64² latent of ``frames`` (``"93"``), core's KSampler
+    (``"94"``, 2 Euler steps) on ``model`` (a link, e.g. ``["3", 0]``), VAEDecode (``"95"``) and SaveImage (``"96"``,
+    prefix ``performer/<prefix>``).  Tests add their own nodes between the loader and the sampler."""
+    g = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+         "93": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": frames}},
+         "94": {"class_type": "KSampler", "inputs": {"model": model, "seed": 1, "steps": 2, "cfg": cfg, "sampler_name": "euler",
+                                                     "scheduler": "normal", "positive": positive or ["91", 0],
+                                                     "negative": negative or ["92", 0], "latent_image": ["93", 0],
+                                                     "denoise": 1.0}},
+         "95": {"class_type": "VAEDecode", "inputs": {"samples": ["94", 0], "vae": ["1", 2]}},
+         "96": {"class_type": "SaveImage", "inputs": {"images": ["95", 0], "filename_prefix": f"performer/{prefix}"}}}
+    if positive is None:
+        g["91"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["1", 1]}}
+    if negative is None:
+        g["92"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}}
+    return g

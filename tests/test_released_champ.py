@@ -199,7 +199,7 @@ def test_champ_guidance_from_the_packs_renders_in_the_host(host, models_tree):
     encoders read every frame, the semantic maps use Champ's palette, and the frames differ from strength 0's."""
     from PIL import Image
 
-    from host import ADE_DIR, ADE_MISSING, output_files
+    from host import ADE_DIR, ADE_MISSING, output_files, sd15_sampling_graph
 
     if not os.path.isdir(ADE_DIR):
         pytest.skip(ADE_MISSING + "; the real-size SD1.5 test checkpoint is written with the ADE files")
@@ -209,12 +209,13 @@ def test_champ_guidance_from_the_packs_renders_in_the_host(host, models_tree):
                    os.path.join(root, "performer", "adapters", f"guidance_encoder_{kind}.pth"))
 
     def api(strength):
-        return {
-            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": os.path.basename(tm.ADE_SD15_FILE)}},
+        g = sd15_sampling_graph(os.path.basename(tm.ADE_SD15_FILE), ["99", 0], f"champ_{strength}", frames=3,
+                                text="a person dancing")
+        g.update({
             "2": {"class_type": "PerformerLoadPose", "inputs": {"file": "performer_driving_pose.json"}},
             "12": {"class_type": "PerformerPoseFrames", "inputs": {"pose": ["2", 0], "start": 0, "length": 3, "multiple": "any"}},
-            "13": {"class_type": "PerformerFitBody", "inputs": {"pose": ["12", 0], "body_model": "embedded (procedural stand-in, not SMPL-X)", "iterations": 5,
-                                                                "fov": 40.0, "person": 0}},
+            "13": {"class_type": "PerformerFitBody", "inputs": {"pose": ["12", 0], "body_model": "embedded (procedural stand-in, not SMPL-X)",
+                                                                "iterations": 5, "fov": 40.0, "person": 0}},
             "14": {"class_type": "PerformerChampMaps", "inputs": {"body": ["13", 0], "width": 64, "height": 64}},
             "3": {"class_type": "PerformerDrawPose", "inputs": {"pose": ["12", 0], "width": 64, "height": 64, "body": True,
                                                                 "hands": True, "face": True, "stick_width": 2}},
@@ -225,16 +226,9 @@ def test_champ_guidance_from_the_packs_renders_in_the_host(host, models_tree):
                 "dwpose_encoder": "guidance_encoder_dwpose.pth", "dwpose": ["3", 0],
                 "strength": strength, "start_percent": 0.0, "end_percent": 1.0}},
             "99": {"class_type": "TestProbePerformerPatches", "inputs": {"model": ["4", 0]}},
-            "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "a person dancing", "clip": ["1", 1]}},
-            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-            "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
-            "8": {"class_type": "KSampler", "inputs": {"model": ["99", 0], "seed": 1, "steps": 2, "cfg": 5.0,
-                                                       "sampler_name": "euler", "scheduler": "normal", "positive": ["5", 0],
-                                                       "negative": ["6", 0], "latent_image": ["7", 0], "denoise": 1.0}},
-            "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
-            "11": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": f"performer/champ_{strength}"}},
             "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 2], "filename_prefix": f"performer/champ_sem_{strength}"}},
-        }
+        })
+        return g
 
     frames = []
     for strength in (1.0, 0.0):

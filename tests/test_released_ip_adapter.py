@@ -189,7 +189,7 @@ def test_faceid_file_drives_apply_identity_on_a_real_size_sd15_checkpoint_in_the
     import numpy as np
     from PIL import Image
 
-    from host import ADE_DIR, ADE_MISSING, output_files
+    from host import ADE_DIR, ADE_MISSING, output_files, sd15_sampling_graph
 
     if not os.path.isdir(ADE_DIR):
         pytest.skip(ADE_MISSING + "; the real-size SD1.5 test checkpoint is written with the ADE files")
@@ -202,17 +202,8 @@ def test_faceid_file_drives_apply_identity_on_a_real_size_sd15_checkpoint_in_the
     torch.save(face, os.path.join(root, "ipadapter", "ip-adapter-faceid_sd15.bin"))
 
     def api(identity):
-        g = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": os.path.basename(tm.ADE_SD15_FILE)}},
-             "2": {"class_type": "LoadImage", "inputs": {"image": "performer_reference.png"}},
-             "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a person", "clip": ["1", 1]}},
-             "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-             "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-             "7": {"class_type": "KSampler", "inputs": {"model": ["3", 0] if identity else ["1", 0], "seed": 1, "steps": 2,
-                                                        "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
-                                                        "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
-                                                        "denoise": 1.0}},
-             "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
-             "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": f"performer/faceid_{identity}"}}}
+        g = sd15_sampling_graph(os.path.basename(tm.ADE_SD15_FILE), ["3", 0] if identity else ["1", 0], f"faceid_{identity}")
+        g["2"] = {"class_type": "LoadImage", "inputs": {"image": "performer_reference.png"}}
         if identity:
             g["3"] = {"class_type": "PerformerApplyIdentity", "inputs": {
                 "model": ["1", 0], "identity_adapter": "ip-adapter-faceid_sd15.bin", "arcface": "tiny_arcface.onnx",
@@ -303,7 +294,7 @@ def test_plus_face_and_plain_files_drive_apply_identity_on_a_real_size_sd15_chec
     from PIL import Image
     from safetensors.torch import save_file
 
-    from host import ADE_DIR, ADE_MISSING, output_files
+    from host import ADE_DIR, ADE_MISSING, output_files, sd15_sampling_graph
 
     if not os.path.isdir(ADE_DIR):
         pytest.skip(ADE_MISSING + "; the real-size SD1.5 test checkpoint is written with the ADE files")
@@ -314,19 +305,11 @@ def test_plus_face_and_plain_files_drive_apply_identity_on_a_real_size_sd15_chec
     plus = "plus" in name
 
     def api(identity, with_model=True):
-        g = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": os.path.basename(tm.ADE_SD15_FILE)}},
-             "2": {"class_type": "LoadImage", "inputs": {"image": "performer_reference.png"}},
-             "10": {"class_type": "ImageOnlyCheckpointLoader", "inputs": {"ckpt_name": os.path.basename(tm.NATIVE_SVD_FILE)}},
-             "11": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["10", 1], "image": ["2", 0], "crop": "center"}},
-             "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a person", "clip": ["1", 1]}},
-             "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-             "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-             "7": {"class_type": "KSampler", "inputs": {"model": ["3", 0] if identity else ["1", 0], "seed": 1, "steps": 2,
-                                                        "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
-                                                        "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0],
-                                                        "denoise": 1.0}},
-             "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
-             "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": f"performer/plus_{identity}"}}}
+        g = sd15_sampling_graph(os.path.basename(tm.ADE_SD15_FILE), ["3", 0] if identity else ["1", 0], f"plus_{identity}")
+        g.update({"2": {"class_type": "LoadImage", "inputs": {"image": "performer_reference.png"}},
+                  "10": {"class_type": "ImageOnlyCheckpointLoader", "inputs": {"ckpt_name": os.path.basename(tm.NATIVE_SVD_FILE)}},
+                  "11": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["10", 1], "image": ["2", 0],
+                                                                      "crop": "center"}}})
         if identity:
             g["3"] = {"class_type": "PerformerApplyIdentity", "inputs": {
                 "model": ["1", 0], "identity_adapter": name, "arcface": "none",

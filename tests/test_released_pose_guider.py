@@ -157,7 +157,7 @@ def test_pose_guider_on_a_real_size_sd15_checkpoint_in_the_host(host, models_tre
     import numpy as np
     from PIL import Image
 
-    from host import ADE_DIR, ADE_MISSING, output_files
+    from host import ADE_DIR, ADE_MISSING, output_files, sd15_sampling_graph
 
     if not os.path.isdir(ADE_DIR):
         pytest.skip(ADE_MISSING + "; the real-size SD1.5 test checkpoint is written with the ADE files")
@@ -166,8 +166,9 @@ def test_pose_guider_on_a_real_size_sd15_checkpoint_in_the_host(host, models_tre
                os.path.join(root, "performer", "adapters", "pose_guider.pth"))
 
     def api(strength):
-        return {
-            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": os.path.basename(tm.ADE_SD15_FILE)}},
+        g = sd15_sampling_graph(os.path.basename(tm.ADE_SD15_FILE), ["99", 0], f"pose_guider_{strength}", frames=4,
+                                text="a person dancing")
+        g.update({
             "2": {"class_type": "PerformerLoadPose", "inputs": {"file": "performer_driving_pose.json"}},
             "3": {"class_type": "PerformerDrawPose", "inputs": {"pose": ["2", 0], "width": 64, "height": 64, "body": True,
                                                                 "hands": True, "face": True, "stick_width": 2}},
@@ -176,15 +177,8 @@ def test_pose_guider_on_a_real_size_sd15_checkpoint_in_the_host(host, models_tre
                 "model": ["1", 0], "pose_guider": "pose_guider.pth", "poses": ["10", 0],
                 "colours": "controlnet (AnimateAnyone)", "strength": strength, "start_percent": 0.0, "end_percent": 1.0}},
             "99": {"class_type": "TestProbePerformerPatches", "inputs": {"model": ["4", 0]}},
-            "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "a person dancing", "clip": ["1", 1]}},
-            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-            "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 4}},
-            "8": {"class_type": "KSampler", "inputs": {"model": ["99", 0], "seed": 1, "steps": 2, "cfg": 5.0,
-                                                       "sampler_name": "euler", "scheduler": "normal", "positive": ["5", 0],
-                                                       "negative": ["6", 0], "latent_image": ["7", 0], "denoise": 1.0}},
-            "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
-            "11": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": f"performer/pose_guider_{strength}"}},
-        }
+        })
+        return g
 
     frames = []
     for strength in (1.0, 0.0):

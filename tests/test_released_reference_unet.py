@@ -262,7 +262,7 @@ def test_reference_unet_in_the_host(host, models_tree, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from host import output_files
+    from host import output_files, sd15_sampling_graph
 
     import comfy.sd
 
@@ -272,34 +272,28 @@ def test_reference_unet_in_the_host(host, models_tree, tmp_path):
     g = torch.Generator().manual_seed(3)
     sd = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in diffusers_state(model).items()}
     os.makedirs(os.path.join(root, "diffusion_models"), exist_ok=True)
-    torch.save(sd, os.path.join(root, "diffusion_models", "reference_unet.pth"))
-    torch.save(diffusers_state(model, drop_output=False), os.path.join(root, "diffusion_models", "denoising_unet.pth"))
+    # own names: the bundled Champ workflow's reference_unet.pth / denoising_unet.pth are real size (tiny_models.champ_models)
+    torch.save(sd, os.path.join(root, "diffusion_models", "native320_reference_unet.pth"))
+    torch.save(diffusers_state(model, drop_output=False), os.path.join(root, "diffusion_models", "native320_denoising_unet.pth"))
     Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(
         os.path.join(host.workdir, "input", "performer_reference_unet_test.png"))
 
     def api(separate, denoising_file=False):
-        out = {
-            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": os.path.basename(tm.NATIVE_SD15_FILE)}},
+        out = sd15_sampling_graph(os.path.basename(tm.NATIVE_SD15_FILE), ["99", 0], f"refunet_{separate}_{denoising_file}",
+                                  frames=3, text="a person dancing")
+        out.update({
             "2": {"class_type": "LoadImage", "inputs": {"image": "performer_reference_unet_test.png"}},
             "4": {"class_type": "PerformerApplyCausalReference", "inputs": {
                 "model": ["1", 0], "vae": ["1", 2], "reference": ["2", 0], "strength": 1.0, "uncond": "auto",
                 "start_percent": 0.0, "end_percent": 1.0}},
             "99": {"class_type": "TestProbePerformerPatches", "inputs": {"model": ["4", 0]}},
-            "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "a person dancing", "clip": ["1", 1]}},
-            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
-            "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 3}},
-            "8": {"class_type": "KSampler", "inputs": {"model": ["99", 0], "seed": 1, "steps": 2, "cfg": 5.0,
-                                                       "sampler_name": "euler", "scheduler": "normal", "positive": ["5", 0],
-                                                       "negative": ["6", 0], "latent_image": ["7", 0], "denoise": 1.0}},
-            "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
-            "11": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": f"performer/refunet_{separate}"}},
-        }
+        })
         if denoising_file:  # the checkpoint's own UNet as a released denoising_unet.pth: the same video
-            out["12"] = {"class_type": "PerformerLoadReferenceUNet", "inputs": {"model": ["1", 0], "unet": "denoising_unet.pth",
+            out["12"] = {"class_type": "PerformerLoadReferenceUNet", "inputs": {"model": ["1", 0], "unet": "native320_denoising_unet.pth",
                                                                                 "role": "denoising"}}
             out["4"]["inputs"]["model"] = ["12", 0]
         if separate:
-            out["3"] = {"class_type": "PerformerLoadReferenceUNet", "inputs": {"model": ["1", 0], "unet": "reference_unet.pth",
+            out["3"] = {"class_type": "PerformerLoadReferenceUNet", "inputs": {"model": ["1", 0], "unet": "native320_reference_unet.pth",
                                                                                "role": "reference (ReferenceNet)"}}
             out["4"]["inputs"]["reference_model"] = ["3", 0]
         return out
