@@ -62,11 +62,7 @@ def test_dwpose_torchscript_pair_as_controlnet_aux_ships_it_equals_the_onnx_pair
     ts_pose = ex(frames)
     np.testing.assert_allclose(ts_pose.keypoints, onnx_pose.keypoints, atol=1e-4)
 
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    torch.save({"w": Evil()}, str(tmp_path / "evil.torchscript.pt"))
+    tm.evil_checkpoint(tmp_path / "evil.torchscript.pt", "w")
     with pytest.raises(BadModelFileError, match=r"evil\.torchscript\.pt as TorchScript"):
         DWPoseExtractor(str(tmp_path / "evil.torchscript.pt"), os.path.join(root, P["dw_pose_ts"]))
     torch.save({"w": torch.zeros(2)}, str(tmp_path / "weights_only.pt"))
@@ -146,13 +142,7 @@ def test_openpose_loads_real_architecture_files_safely(tmp_path):
     pose = OpenPoseExtractor(str(tmp_path))(np.zeros((1, 96, 96, 3), np.uint8))
     assert pose.keypoints.shape == (1, 1, 133, 3) and (pose.keypoints[..., 2] == 0).all()
 
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    import os
-
-    torch.save({"x": Evil()}, tmp_path / "body_pose_model.pth")
+    tm.evil_checkpoint(tmp_path / "body_pose_model.pth", "x")
     with pytest.raises(BadModelFileError, match="Could not load the OpenPose annotator weights"):
         OpenPoseExtractor(str(tmp_path), hands=False, face=False)
 

@@ -126,11 +126,7 @@ def test_wrong_files_are_refused_naming_the_file(tmp_path):
     with pytest.raises(BadModelFileError, match=r"truncated\.pth"):
         load_champ_guidance_encoder(str(tmp_path / "truncated.pth"))
 
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    torch.save({"conv_out.weight": Evil()}, str(tmp_path / "evil.pth"))
+    tm.evil_checkpoint(tmp_path / "evil.pth")
     with pytest.raises(BadModelFileError, match=r"(?s)evil\.pth.*pickled code is refused"):
         load_champ_guidance_encoder(str(tmp_path / "evil.pth"))
 

@@ -163,12 +163,7 @@ def test_wrong_files_are_refused_naming_the_file(tmp_path):
     with pytest.raises(BadModelFileError, match="ip-adapter_trunc"):
         load_identity_adapter(str(trunc))
 
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    evil = tmp_path / "ip-adapter-faceid_sd15.bin"
-    torch.save({"image_proj": {"x": torch.zeros(1)}, "ip_adapter": Evil()}, str(evil))
+    evil = tm.evil_checkpoint(tmp_path / "ip-adapter-faceid_sd15.bin", "ip_adapter", nested=True)
     with pytest.raises(BadModelFileError, match=r"(?s)ip-adapter-faceid_sd15\.bin.*pickled code is refused"):
         load_identity_adapter(str(evil))
 

@@ -71,11 +71,7 @@ def test_wrong_files_are_refused_naming_the_file(tmp_path):
     with pytest.raises(BadModelFileError, match=r"ip-adapter\.safetensors is not an AnimateAnyone / MusePose pose guider"):
         load_released_pose_guider(str(tmp_path / "ip-adapter.safetensors"))
 
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    torch.save({"conv_out.weight": Evil()}, str(tmp_path / "evil.pth"))
+    tm.evil_checkpoint(tmp_path / "evil.pth")
     with pytest.raises(BadModelFileError, match=r"(?s)evil\.pth.*pickled code is refused"):
         load_released_pose_guider(str(tmp_path / "evil.pth"))
 

@@ -157,11 +157,7 @@ def test_reference_unet_files_that_do_not_fit_are_refused_naming_the_file(tmp_pa
     with pytest.raises(BadModelFileError, match=r"truncated\.pth"):
         load_reference_model(model, str(tmp_path / "truncated.pth"))
 
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    torch.save({"conv_in.weight": Evil()}, str(tmp_path / "evil.pth"))
+    tm.evil_checkpoint(tmp_path / "evil.pth", "conv_in.weight")
     with pytest.raises(BadModelFileError, match=r"(?s)evil\.pth.*pickled code is refused"):
         load_reference_model(model, str(tmp_path / "evil.pth"))
     with pytest.raises(BadInputError, match="Load Released UNet needs the SD1.5-family MODEL"):

@@ -65,6 +65,20 @@ def _randomise(module: torch.nn.Module, seed: int, std: float = 0.05) -> torch.n
     return module.eval()
 
 
+class _CodeOnLoad:
+    """Unpickling this runs a shell command: what a malicious checkpoint does."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def evil_checkpoint(path, key: str = "conv_out.weight", nested: bool = False) -> str:
+    """A .pth whose unpickling would run code (under ``key``; ``nested``: inside ``{"image_proj": …, key: …}``)."""
+    state = {"image_proj": {"x": torch.zeros(1)}, key: _CodeOnLoad()} if nested else {key: _CodeOnLoad()}
+    torch.save(state, str(path))
+    return str(path)
+
+
 def _save(sd: Dict[str, torch.Tensor], path: str) -> str:
     from safetensors.torch import save_file
 
