@@ -83,3 +83,20 @@ def test_a_musepose_layout_motion_module_pth_samples_in_the_host(host):
         assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
         outs.append([host.view(f) for f in output_files(res)])
     assert len(outs[0]) == 4 and outs[0] != outs[1]
+
+
+def test_files_that_are_not_motion_modules_are_refused_naming_the_file(tmp_path):
+    from performer_pkg.models.backbones.loaders import load_motion_adapter
+    from performer_pkg.models.errors import BadModelFileError
+
+    torch.save({"conv_out.weight": torch.zeros(320, 256, 3, 3)}, str(tmp_path / "pose_guider.pth"))
+    with pytest.raises(BadModelFileError, match=r"pose_guider\.pth.*not an SD1\.5, SVD, ControlNet or AnimateDiff motion-module file"):
+        load_motion_adapter(str(tmp_path / "pose_guider.pth"), device="cpu")
+    torch.save(tm.motion_module_original_state(length=128), str(tmp_path / "motion_module.pth"))
+    raw = open(tmp_path / "motion_module.pth", "rb").read()
+    open(tmp_path / "truncated.pth", "wb").write(raw[: len(raw) // 2])
+    with pytest.raises(BadModelFileError, match=r"truncated\.pth"):
+        load_motion_adapter(str(tmp_path / "truncated.pth"), device="cpu")
+    with pytest.raises(BadModelFileError, match=r"(?s)evil\.pth.*pickled code is refused"):
+        load_motion_adapter(tm.evil_checkpoint(tmp_path / "evil.pth", "down_blocks.0.motion_modules.0.x"), device="cpu")
+    assert load_motion_adapter(str(tmp_path / "motion_module.pth"), device="cpu").config["motion_max_seq_length"] == 128

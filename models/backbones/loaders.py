@@ -184,7 +184,7 @@ def load_sd15(path: str, *, device=None, dtype=torch.float32, tokenizer_dirs: Se
         src = {"backbone": path, "backbone_layout": "diffusers"}
     else:
         sd = state_dict if state_dict is not None else read_state_dict(path)
-        fam = detect_family(sd)
+        fam = detect_family(sd, path)
         if fam != "sd15":
             raise BadModelFileError(f"'{os.path.basename(path)}' is a {fam} checkpoint, not SD1.5.")
         unet_sd = _strip(sd, "model.diffusion_model.")
@@ -248,7 +248,7 @@ def load_svd(path: str, *, device=None, dtype=torch.float32, state_dict: Optiona
         src = {"backbone": path, "backbone_layout": "diffusers"}
     else:
         sd = state_dict if state_dict is not None else read_state_dict(path)
-        fam = detect_family(sd)
+        fam = detect_family(sd, path)
         if fam != "svd":
             raise BadModelFileError(f"'{os.path.basename(path)}' is a {fam} checkpoint, not Stable Video Diffusion.")
         unet, vae, image_encoder = convert_svd.build_from_sgm(sd, path)
@@ -286,7 +286,7 @@ def load_backbone(path: str, *, device=None, dtype=torch.float32, tokenizer_dirs
             raise BadModelFileError(f"Could not read weight file '{path}': {exc}") from exc
     else:  # pickle-free tensor checkpoint: read it once and hand it on
         sd = read_state_dict(path)
-        fam = detect_family(sd)
+        fam = detect_family(sd, path)
     if fam == "svd":
         return load_svd(path, device=device, dtype=dtype, state_dict=sd)
     return load_sd15(path, device=device, dtype=dtype, tokenizer_dirs=tokenizer_dirs, state_dict=sd)
@@ -328,7 +328,7 @@ def load_motion_adapter(path: str, *, device=None, dtype=torch.float32):
         ad = MotionAdapter.from_pretrained(path, local_files_only=True)
     else:
         sd = read_state_dict(path)
-        if detect_family(sd) != "motion_module":
+        if detect_family(sd, path) != "motion_module":
             raise BadModelFileError(f"'{os.path.basename(path)}' is not an AnimateDiff motion module.")
         with _config_dir(infer_motion_adapter_config(sd)) as d:
             ad = MotionAdapter.from_single_file(sd, config=d, local_files_only=True)
@@ -347,7 +347,7 @@ def load_controlnet(path: str, *, device=None, dtype=torch.float32):
         cn = ControlNetModel.from_pretrained(path, local_files_only=True)
     else:
         sd = read_state_dict(path)
-        if detect_family(sd) != "controlnet":
+        if detect_family(sd, path) != "controlnet":
             raise BadModelFileError(f"'{os.path.basename(path)}' is not a ControlNet checkpoint.")
         if not any(k.startswith("control_model.") for k in sd):
             sd = {"control_model." + k: v for k, v in sd.items()}

@@ -67,8 +67,18 @@ def file_hash(path: str, nbytes: int = 1 << 24) -> str:
     return h.hexdigest()[:16]
 
 
-def detect_family(sd: Dict[str, torch.Tensor]) -> str:
-    """Recognise a single-file checkpoint: ``sd15``, ``svd``, ``controlnet``, ``motion_module`` or raise."""
+def detect_family(sd: Dict[str, torch.Tensor], path: str = "") -> str:
+    """Recognise a single-file checkpoint: ``sd15``, ``svd``, ``controlnet``, ``motion_module`` or raise (the error
+    names ``path`` when given)."""
+    try:
+        return _detect_family(sd)
+    except BadModelFileError as e:
+        if not path:
+            raise
+        raise BadModelFileError(f"'{os.path.basename(path)}' ({path}): {e}") from e
+
+
+def _detect_family(sd: Dict[str, torch.Tensor]) -> str:
     keys = sd.keys()
     if any(k.startswith("model.diffusion_model.") for k in keys):
         if any(".time_stack." in k for k in keys):
