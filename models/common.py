@@ -37,8 +37,9 @@ class _Port:
 class TorchScriptSession:
     """A TorchScript file behind the small part of onnxruntime's session API the pose extractors use (``get_inputs``,
     ``get_outputs``, ``run``): DWPose as comfyui_controlnet_aux ships it (``yolox_l.torchscript.pt``,
-    ``dw-ll_ucoco_384_bs5.torchscript.pt``).  ``torch.jit.load`` reads the archive's own graph and tensors (no Python
-    objects are unpickled).  Inputs are cast to the module's parameter dtype; with ``fixed_batch`` (the "bs5" files,
+    ``dw-ll_ucoco_384_bs5.torchscript.pt``).  ``torch.jit.load`` reads the archive's graph and tensors with
+    TorchScript's own unpickler (TorchScript types only, no Python callables); the graph itself is a program that
+    runs, so only files from their publisher should be used (as with ONNX).  Inputs are cast to the module's parameter dtype; with ``fixed_batch`` (the "bs5" files,
     traced at batch 5) the rows are zero-padded to whole chunks of that size and the outputs cut back."""
 
     def __init__(self, path: str, input_shape, output_names, fixed_batch: Optional[int] = None, what: str = "TorchScript model"):
