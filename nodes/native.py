@@ -677,6 +677,9 @@ def apply_identity(model, adapter, clip_embeds: Optional[torch.Tensor] = None, f
     if _replaced(model, "attn2", keys)[0]:
         raise BadInputError("This MODEL already has cross-attention replacements (another IP-Adapter or Apply Identity); a "
                             "second one would silently replace them. Apply Identity once, to a model without them.")
+    from ..models.attention.identity import warn_if_silent
+
+    warn_if_silent(adapter, "Apply Identity: this identity adapter")
     with torch.no_grad():
         adapter = adapter.to("cpu", torch.float32)  # the node's own freshly loaded module
         cond = adapter.tokens(None if clip_embeds is None else clip_embeds.float(),

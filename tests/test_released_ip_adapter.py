@@ -323,3 +323,20 @@ def test_plus_face_and_plain_files_drive_apply_identity_on_a_real_size_sd15_chec
     if plus:
         res = host.run(api(True, with_model=False), timeout=900)
         assert res["status"] == "execution_error" and "connect the CLIP vision model (clip_vision)" in json.dumps(res["events"])
+
+
+def test_an_all_zero_identity_adapter_is_named_in_a_warning(caplog):
+    """An adapter whose key/value projections are all zeros adds nothing (its attention reads zero values): applying it
+    logs a warning saying the identity guidance is ignored; a released file's adapter does not."""
+    import logging
+
+    from performer_pkg.models.attention.identity import from_ip_adapter, warn_if_silent
+
+    ad = from_ip_adapter(state_of(released("ip-adapter_sd15.safetensors")), "ip-adapter_sd15.safetensors")
+    with caplog.at_level(logging.WARNING):
+        assert not warn_if_silent(ad, "released")
+        with torch.no_grad():
+            for m in ad.kv.values():
+                m.weight.zero_()
+        assert warn_if_silent(ad, "zeroed")
+    assert "released" not in caplog.text and "zeroed: every key/value projection is all zeros" in caplog.text

@@ -186,6 +186,18 @@ class IdentityAdapter(nn.Module):
         write_performer_file(self, path, "identity_adapter", self.config, extra_metadata)
 
 
+def warn_if_silent(adapter: IdentityAdapter, what: str) -> bool:
+    """A visible warning, and True, when every key/value projection of the adapter is all zeros: its tokens would add
+    nothing (an adapter never trained from a zero start), so identity guidance would be ignored."""
+    import logging
+
+    silent = all(not m.weight.detach().any() for m in adapter.kv.values())
+    if silent:
+        logging.warning("%s: every key/value projection is all zeros, so the identity tokens add nothing and the "
+                        "identity guidance is ignored. Load trained weights.", what)
+    return silent
+
+
 def load_identity_adapter(path: str, device=None, dtype=torch.float32) -> IdentityAdapter:
     """An identity adapter file the pack wrote (safetensors with ``performer.kind = identity_adapter``), or a released
     SD1.5 IP-Adapter file (``ip-adapter_sd15.safetensors``, ``ip-adapter-faceid_sd15.bin``: :mod:`.ip_adapter`)."""

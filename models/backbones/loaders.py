@@ -557,7 +557,9 @@ def with_identity_adapter(bb: Backbone, path: Optional[str], clip_vision: Option
             raise BadInputError(f"{os.path.basename(path)} is an IP-Adapter plus / plus-face file (CLIP hidden states "
                                 "through a resampler); the pipe feeds identity adapters CLIP image embeddings. Use it "
                                 "with Apply Identity (native) on the MODEL.")
-        from ..attention.identity import cross_attention_layers
+        from ..attention.identity import cross_attention_layers, warn_if_silent
+
+        warn_if_silent(ad, f"Add Identity Adapter: {os.path.basename(path)}")
 
         missing = [n for n in cross_attention_layers(bb.unet) if n not in ad.config["layers"]]
         if missing:
