@@ -22,7 +22,7 @@ const HAND = [[0, 1], [1, 2], [2, 3], [3, 4], [0, 5], [5, 6], [6, 7], [7, 8], [0
 const PREVIEW_TYPES = new Set(["PerformerExtractPoseMediaPipe", "PerformerExtractPoseDWPose", "PerformerExtractPoseOpenPose",
   "PerformerLoadPose", "PerformerPoseFrames", "PerformerFaceCrops", "PerformerCleanPose", "PerformerRetargetPose", "PerformerDrawPose", "PerformerAnimate",
   "PerformerSampleVideo", "PerformerDecode", "PerformerRefineIVR", "PerformerSyntheticPerformer", "PerformerMetrics",
-  "PerformerRenderBody", "PerformerPoseCrafter", "PerformerRefineIVRNative"]);
+  "PerformerRenderBody", "PerformerChampMaps", "PerformerPoseCrafter", "PerformerRefineIVRNative"]);
 
 export function jointName(i) {
   if (i < 23) return BODY[i];
