@@ -34,8 +34,22 @@ def models_tree(tmp_path_factory):
 
     if os.path.isdir(ADE_DIR):  # the AnimateDiff-Evolved workflow's real-size random files (≈ 3.8 GB, ≈ 40 s)
         paths.update({f"ade_{k}": os.path.relpath(v, root) for k, v in tiny_models.ade_models(root).items()})
-        paths.update({f"champ_{k}": os.path.relpath(v, root) for k, v in tiny_models.champ_models(root).items()})
     return root, {k: os.path.join(root, v) for k, v in paths.items()}
+
+
+@pytest.fixture(scope="session")
+def released_files(models_tree):
+    """The real-size files in the released layouts the two released-weight workflows name (≈ 5.5 GB: Champ's UNets,
+    motion module, encoders and CLIP ViT-L, with the ADE files; MimicMotion_1-1.pth), built only for the tests that
+    run them (tiny_models.champ_models, mimicmotion_checkpoint)."""
+    import tiny_models
+    from host import ADE_DIR
+
+    root = models_tree[0]
+    out = {"mimicmotion": tiny_models.mimicmotion_checkpoint(root)}
+    if os.path.isdir(ADE_DIR):
+        out.update(tiny_models.champ_models(root))
+    return out
 
 
 @pytest.fixture(scope="session")

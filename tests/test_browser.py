@@ -19,7 +19,7 @@ import subprocess
 import pytest
 
 from host import PACK_DIR_NAME, REPO
-from workflow_tools import REAL_SIZE_ONLY, preview_types
+from workflow_tools import BROWSER_NO_RUN, REAL_SIZE_ONLY, preview_types
 
 def _needs_missing_pack(path):  # a workflow with AnimateDiff-Evolved nodes, where ADE is not beside the repository
     from host import ADE_DIR
@@ -41,7 +41,7 @@ def _strip(prompt):
 
 
 @pytest.fixture(scope="module")
-def browser_run(host):
+def browser_run(host, released_files):
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     assert os.path.exists(chromium), "Debian chromium is missing: run scripts/setup_browser.sh (make test does)"
     assert os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "playwright-core")), \
@@ -50,7 +50,7 @@ def browser_run(host):
     os.makedirs(OUT)
     cfg = {"url": host.url, "out": OUT, "pack": PACK_DIR_NAME, "chromium": chromium,
            "workflows": {n: json.load(open(p)) for n, p in zip(NAMES, UI_FILES)},
-           "noRun": sorted(REAL_SIZE_ONLY)}
+           "noRun": sorted({**REAL_SIZE_ONLY, **BROWSER_NO_RUN})}
     cfg_path = os.path.join(OUT, "config.json")
     with open(cfg_path, "w") as fh:
         json.dump(cfg, fh)
@@ -95,7 +95,7 @@ def test_workflow_from_template_browser_runs(browser_run, name):
     for d in r["dom"]:
         assert d["rendered"] and d["title"], f"node {d['id']} ({d['type']}) not rendered with its title"
         assert not d["missingWidgets"], f"node {d['id']} ({d['type']}): widgets not in the DOM: {d['missingWidgets']}"
-    if name in REAL_SIZE_ONLY:  # loaded and checked above, converted below; run by the API tests (the reason)
+    if name in REAL_SIZE_ONLY or name in BROWSER_NO_RUN:  # loaded, checked and converted; run by the API tests (the reason)
         assert r["status"] == "not_run", r
         return
     assert r["status"] == "execution_success", r.get("error")

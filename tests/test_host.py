@@ -10,6 +10,7 @@ import time
 import pytest
 
 from host import REPO, VENV_PY, guarded_env, output_files
+import tiny_models as tm
 from workflow_tools import for_test_host, ui_to_api
 
 PACK = "ComfyUI-Performer"
@@ -61,11 +62,16 @@ def test_templates_and_web_files_are_served(host):
 
 
 @pytest.mark.parametrize("ui_path", UI_FILES, ids=lambda p: os.path.basename(p))
-def test_workflow_ui_and_api_twins_in_sync_and_run(host, ui_path):
+def test_workflow_ui_and_api_twins_in_sync_and_run(host, ui_path, request):
     from host import ADE_DIR, ADE_MISSING
 
     name = os.path.splitext(os.path.basename(ui_path))[0]
     api = load_api(name)
+    if name in tm.RELEASED_WORKFLOWS:
+        if os.environ.get("PERFORMER_HOST_COMFY"):  # the newcomer job (scripts/newcomer_install.sh)
+            pytest.skip("the released-weight workflows need ≈ 5.5 GB of real-size stand-ins; they run in the main job "
+                        "(make test) on the tested ComfyUI, and use only core nodes this ComfyUI has")
+        request.getfixturevalue("released_files")
     if any(v["class_type"].startswith("ADE_") for v in api.values()):
         if not os.path.isdir(ADE_DIR):
             pytest.skip(ADE_MISSING)

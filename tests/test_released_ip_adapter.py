@@ -279,12 +279,13 @@ def test_plus_is_refused_by_the_pipe_with_the_native_node_named(ad, tmp_path):
 @pytest.mark.parametrize("name,layout", [("ip-adapter-plus-face_sd15.safetensors", "ip-adapter-plus_sd15.safetensors"),
                                          ("ip-adapter_sd15.safetensors", "ip-adapter_sd15.safetensors")])
 def test_plus_face_and_plain_files_drive_apply_identity_on_a_real_size_sd15_checkpoint_in_the_host(host, models_tree, name,
-                                                                                                  layout):
+                                                                                                  layout, request):
     """End to end in the test host: the plus-face (or plain) file (the released layout, random weights) in models/ipadapter, core's
-    CheckpointLoaderSimple on a real-size SD1.5 checkpoint, core's CLIPVisionEncode of the reference with core's ViT-H
-    (the real-size SVD test file's CLIP vision, through ImageOnlyCheckpointLoader), Apply Identity reading the
-    penultimate hidden states and ViT-H's neutral-image tokens for the unconditional half: the run succeeds and differs
-    from the same graph without Apply Identity; without clip_vision it stops with the error naming it."""
+    CheckpointLoaderSimple on a real-size SD1.5 checkpoint, core's CLIPVisionEncode of the reference with core's own
+    CLIP vision model (ViT-L, real size, random: the file's CLIP widths are ViT-L's), Apply Identity reading the
+    penultimate hidden states (plus) or the projected embedding (plain), plus with the neutral image's tokens for the
+    unconditional half: the run succeeds and differs from the same graph without Apply Identity; plus without
+    clip_vision stops with the error naming it."""
     import numpy as np
     from PIL import Image
     from safetensors.torch import save_file
@@ -293,17 +294,25 @@ def test_plus_face_and_plain_files_drive_apply_identity_on_a_real_size_sd15_chec
 
     if not os.path.isdir(ADE_DIR):
         pytest.skip(ADE_MISSING + "; the real-size SD1.5 test checkpoint is written with the ADE files")
+    request.getfixturevalue("released_files")  # core's CLIP ViT-L (tiny_models.champ_models)
     root = models_tree[0]
     os.makedirs(os.path.join(root, "ipadapter"), exist_ok=True)
-    save_file({k: v.half() for k, v in state_of(released(layout), seed=4, scale=0.05).items()},
-              os.path.join(root, "ipadapter", name))
+    # the released layout at CLIP ViT-L's widths (hidden 1024, embedding 768) instead of ViT-H's (1280, 1024): the test
+    # host's ViT-L is 0.3 B parameters where ViT-H would take the 4 GB SVD test file to load
+    state = state_of(released(layout), seed=4, scale=0.05)
+    if "image_proj.proj_in.weight" in state:
+        state["image_proj.proj_in.weight"] = state["image_proj.proj_in.weight"][:, :1024].contiguous()
+    if "image_proj.proj.weight" in state:
+        state["image_proj.proj.weight"] = state["image_proj.proj.weight"][:, :768].contiguous()
+    save_file({k: v.half() for k, v in state.items()}, os.path.join(root, "ipadapter", name))
     plus = "plus" in name
 
     def api(identity, with_model=True):
         g = sd15_sampling_graph(os.path.basename(tm.ADE_SD15_FILE), ["3", 0] if identity else ["1", 0], f"plus_{identity}")
         g.update({"2": {"class_type": "LoadImage", "inputs": {"image": "performer_reference.png"}},
-                  "10": {"class_type": "ImageOnlyCheckpointLoader", "inputs": {"ckpt_name": os.path.basename(tm.NATIVE_SVD_FILE)}},
-                  "11": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["10", 1], "image": ["2", 0],
+                  "10": {"class_type": "CLIPVisionLoader",
+                         "inputs": {"clip_name": os.path.basename(tm.CHAMP_FILES["clip_vision"])}},
+                  "11": {"class_type": "CLIPVisionEncode", "inputs": {"clip_vision": ["10", 0], "image": ["2", 0],
                                                                       "crop": "center"}}})
         if identity:
             g["3"] = {"class_type": "PerformerApplyIdentity", "inputs": {
@@ -311,7 +320,7 @@ def test_plus_face_and_plain_files_drive_apply_identity_on_a_real_size_sd15_chec
                 "image_scale": 1.0, "face_scale": 0.0, "start_percent": 0.0, "end_percent": 1.0,
                 "clip_vision_output": ["11", 0]}}
             if with_model and plus:  # the plain file reads the projected embedding only
-                g["3"]["inputs"]["clip_vision"] = ["10", 1]
+                g["3"]["inputs"]["clip_vision"] = ["10", 0]
         return g
 
     frames = []

@@ -119,28 +119,19 @@ def test_wrong_files_and_models_are_refused(tmp_path):
         apply_mimicmotion_unet(core, str(tmp_path / "truncated.pth"))
 
 
-def test_bundled_mimicmotion_workflow_in_the_host_applies_the_unet_and_the_posenet(host, models_tree):
+def test_bundled_mimicmotion_workflow_in_the_host_feeds_the_posenet_every_frame(host, released_files):
     """The bundled MimicMotion workflow in the test host (a MimicMotion_1-1.pth in the released layout holding the
     real-size SVD test file's UNet with conv_out.bias moved, plus a random PoseNet; tiny_models.mimicmotion_checkpoint):
-    it runs; the PoseNet reads frames 0–3 in the conditional half; without Apply MimicMotion UNet the frames differ, so
-    the file's UNet is what sampled."""
-    import numpy as np
-    from PIL import Image
-
+    it runs with both nodes reading the file, and the PoseNet adds frames 0–3 in the conditional half of every call.
+    (That the patched UNet is MimicMotion's is the numerical test above.)"""
     from host import output_files
     from test_host import load_api
 
-    frames = []
-    for with_unet in (True, False):
-        api = load_api("performer_native_mimicmotion")
-        api["99"] = {"class_type": "TestProbePerformerPatches", "inputs": {"model": ["8", 0]}}
-        api["10"]["inputs"]["model"] = ["99", 0]
-        if not with_unet:
-            api.pop("5")
-            api["8"]["inputs"]["model"] = ["1", 0]
-        res = host.run(api, timeout=900)
-        assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
-        frames.append([np.asarray(Image.open(__import__("io").BytesIO(host.view(f)))) for f in output_files(res)])
-        counts = host.get("/performer_test/alive")["counts"]["ReleasedPoseGuiderPatch"]
-        assert counts["last_calls"] and all(c == [0, 1, 2, 3] for c in counts["last_calls"]), counts
-    assert len(frames[0]) == 4 and any(not np.array_equal(a, b) for a, b in zip(*frames))
+    api = load_api("performer_native_mimicmotion")
+    api["99"] = {"class_type": "TestProbePerformerPatches", "inputs": {"model": ["8", 0]}}
+    api["10"]["inputs"]["model"] = ["99", 0]
+    res = host.run(api, timeout=900)
+    assert res["status"] == "execution_success", json.dumps(res["events"][-1])[:2000]
+    assert len(output_files(res)) == 4
+    counts = host.get("/performer_test/alive")["counts"]["ReleasedPoseGuiderPatch"]
+    assert counts["last_calls"] and all(c == [0, 1, 2, 3] for c in counts["last_calls"]), counts

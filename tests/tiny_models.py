@@ -359,6 +359,7 @@ def champ_models(root: str, seed: int = 71) -> Dict[str, str]:
 
 
 MUSEPOSE_MM_FILE = "animatediff_models/tiny_musepose_motion_module.pth"
+RELEASED_WORKFLOWS = ("performer_native_champ", "performer_native_mimicmotion")  # need the ``released_files`` fixture
 NATIVE_SVD_FILE = "checkpoints/native_svd_full.safetensors"
 MIMICMOTION_FILE = "performer/adapters/MimicMotion_1-1.pth"
 
@@ -589,8 +590,6 @@ def build_models_tree(root: str) -> Dict[str, str]:
     paths["native_id_file"] = NATIVE_ID_FILE
     native_svd_checkpoint(os.path.join(root, NATIVE_SVD_FILE))
     paths["native_svd_file"] = NATIVE_SVD_FILE
-    mimicmotion_checkpoint(root)
-    paths["mimicmotion_file"] = MIMICMOTION_FILE
     _save(wan_dit_state(model_type="animate"), os.path.join(root, WAN_ANIMATE_FILE))
     _save(wan_vae_state(), os.path.join(root, WAN_VAE_FILE))
     paths.update(wan_animate_file=WAN_ANIMATE_FILE, wan_vae_file=WAN_VAE_FILE)

@@ -153,6 +153,14 @@ REAL_SIZE_ONLY = {
 }
 
 
+# Workflows the browser test loads, checks and converts but does not queue, with the reason; the API tests run them.
+BROWSER_NO_RUN = {
+    "performer_native_mimicmotion": (
+        "its SVD-xt UNet carries 1.5 B MimicMotion weight patches at its one real size and it has no preview node; the "
+        "test host runs it through the API (tests/test_host.py, tests/test_released_mimicmotion_unet.py)"),
+}
+
+
 def for_test_host(name: str, api: Dict[str, Any]) -> Dict[str, Any]:
     """``api`` as the test host runs it.  For the Wan workflow: CLIPLoader + CLIPTextEncode become the test-only
     ``TestWanTextEmbedding`` (seeded (1, tokens, 4096) CONDITIONING, the shape umt5-xxl gives), and CLIPVisionLoader +
