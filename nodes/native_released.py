@@ -234,9 +234,6 @@ class PerformerApplyPoseNet(io.ComfyNode):
         return io.NodeOutput(m)
 
 
-REFERENCE_OUTPUT_KEYS = ("conv_norm_out.", "conv_out.")  # the released ReferenceNets drop the UNet's output layers
-
-
 def diffusers_table(unet_config: dict) -> dict:
     """Core's diffusers → core UNet key table (``comfy.utils.unet_to_diffusers``) for a UNet config, also one whose
     ``num_res_blocks`` is a single number (core's UNetModel accepts both)."""
@@ -257,9 +254,9 @@ def load_reference_model(model, path: str, denoising: bool = False):
     included.  Returns a ModelPatcher."""
     import comfy.model_base
     import comfy.model_patcher
-    import comfy.utils
 
-    from ..models.backbones.weights import read_state_dict
+    from ..models.backbones.loaders import REFERENCE_UNET_UNUSED
+    from ..models.backbones.weights import layout_diff, read_state_dict
     from ..models.errors import BadInputError, BadModelFileError
 
     if type(getattr(model, "model", None)) is not comfy.model_base.BaseModel:
@@ -273,9 +270,7 @@ def load_reference_model(model, path: str, denoising: bool = False):
     core = model.model.diffusion_model.state_dict()
     want = {k: tuple(core[v].shape) for k, v in table.items() if v in core}
     got = {k: tuple(v.shape) for k, v in sd.items()}
-    missing = sorted(k for k in set(want) - set(got) if denoising or not k.startswith(REFERENCE_OUTPUT_KEYS))
-    extra = sorted(set(got) - set(want))
-    wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    missing, extra, wrong = layout_diff(want, got, () if denoising else REFERENCE_UNET_UNUSED)
     if missing or extra or wrong:
         what = "denoising_unet.pth" if denoising else "reference_unet.pth"
         raise BadModelFileError(f"{path} is not a {'denoising' if denoising else 'reference'} UNet for this MODEL "
@@ -300,7 +295,7 @@ def mimicmotion_unet_patches(model, path: str) -> dict:
     import comfy.model_base
 
     from ..models.backbones.convert_svd import unet_keys_to_diffusers
-    from ..models.backbones.weights import read_state_dict
+    from ..models.backbones.weights import layout_diff, read_state_dict
     from ..models.errors import BadInputError, BadModelFileError
 
     if not isinstance(getattr(model, "model", None), comfy.model_base.SVD_img2vid):
@@ -315,9 +310,8 @@ def mimicmotion_unet_patches(model, path: str) -> dict:
     nrb = model.model.model_config.unet_config["num_res_blocks"]
     layers = nrb if isinstance(nrb, int) else nrb[0]
     names = {next(iter(unet_keys_to_diffusers({k: None}, layers))): k for k in core}
-    missing = sorted(set(names) - set(unet))
-    extra = sorted(set(unet) - set(names))
-    wrong = sorted(d for d in set(names) & set(unet) if tuple(unet[d].shape) != tuple(core[names[d]].shape))
+    missing, extra, wrong = layout_diff({d: tuple(core[c].shape) for d, c in names.items()},
+                                        {d: tuple(v.shape) for d, v in unet.items()})
     if missing or extra or wrong:
         raise BadModelFileError(f"{path}: its UNet does not fit this SVD MODEL (expected SVD-xt's UNet under unet.*): "
                                 f"missing {missing[:3]}, unexpected {extra[:3]}, other shapes "

@@ -32,7 +32,7 @@ import torch
 from ..errors import BadModelFileError, MissingModelError
 from .ldm_layout import (_indices, _require, _strip, infer_clip_text_config, infer_ldm_unet_layout,  # noqa: F401
                          infer_ldm_vae_config, reference_config)
-from .weights import detect_family, file_hash, read_state_dict
+from .weights import detect_family, file_hash, layout_diff, read_state_dict
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
@@ -448,9 +448,7 @@ def load_reference_unet(path: str, config: Dict[str, Any], device=None, dtype=No
         unet = UNet2DConditionModel(**config)
     want = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in sd.items()}
-    missing = sorted(k for k in set(want) - set(got) if not k.startswith(REFERENCE_UNET_UNUSED))
-    extra = sorted(set(got) - set(want))
-    wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    missing, extra, wrong = layout_diff(want, got, REFERENCE_UNET_UNUSED)
     if missing or extra or wrong:
         raise BadModelFileError(f"{path} is not a reference UNet for this pipe (a diffusers SD1.5-layout UNet2DConditionModel "
                                 f"state dict, as AnimateAnyone / MusePose / Champ's reference_unet.pth): missing "

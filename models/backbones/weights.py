@@ -67,6 +67,15 @@ def file_hash(path: str, nbytes: int = 1 << 24) -> str:
     return h.hexdigest()[:16]
 
 
+def layout_diff(want: Dict[str, tuple], got: Dict[str, tuple], absent_ok=()) -> tuple:
+    """How a file's key → shape map ``got`` differs from the module's ``want``: (missing keys, except those starting
+    with a prefix in ``absent_ok``; unexpected keys; keys with another shape), each sorted."""
+    missing = sorted(k for k in set(want) - set(got) if not k.startswith(tuple(absent_ok)))
+    extra = sorted(set(got) - set(want))
+    wrong = sorted(k for k in set(want) & set(got) if tuple(want[k]) != tuple(got[k]))
+    return missing, extra, wrong
+
+
 def detect_family(sd: Dict[str, torch.Tensor], path: str = "") -> str:
     """Recognise a single-file checkpoint: ``sd15``, ``svd``, ``controlnet``, ``motion_module`` or raise (the error
     names ``path`` when given)."""

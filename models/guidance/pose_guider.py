@@ -189,8 +189,9 @@ def _strict(module: nn.Module, sd: Dict[str, torch.Tensor], path: str, what: str
     want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in sd.items()}
     if got != want:
-        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-        wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+        from ..backbones.weights import layout_diff
+
+        missing, extra, wrong = layout_diff(want, got)
         raise BadModelFileError(f"{path} does not have the {what}'s layout (missing {missing[:3]}, unexpected "
                                 f"{extra[:3]}, other shapes {[(k, got[k], want[k]) for k in wrong[:2]]}).")
     module.load_state_dict({k: v.float() for k, v in sd.items()})
