@@ -39,7 +39,7 @@ def models_tree(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def released_files(models_tree):
-    """The real-size files in the released layouts the two released-weight workflows name (≈ 5.5 GB: Champ's UNets,
+    """The real-size files in the released layouts the two released-weight workflows name (several GB: Champ's UNets,
     motion module, encoders and CLIP ViT-L, with the ADE files; MimicMotion_1-1.pth), built only for the tests that
     run them (tiny_models.champ_models, mimicmotion_checkpoint)."""
     import tiny_models

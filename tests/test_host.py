@@ -69,7 +69,7 @@ def test_workflow_ui_and_api_twins_in_sync_and_run(host, ui_path, request):
     api = load_api(name)
     if name in tm.RELEASED_WORKFLOWS:
         if os.environ.get("PERFORMER_HOST_COMFY"):  # the newcomer job (scripts/newcomer_install.sh)
-            pytest.skip("the released-weight workflows need ≈ 5.5 GB of real-size stand-ins; they run in the main job "
+            pytest.skip("the released-weight workflows need several GB of real-size stand-ins; they run in the main job "
                         "(make test) on the tested ComfyUI, and use only core nodes this ComfyUI has")
         request.getfixturevalue("released_files")
     if any(v["class_type"].startswith("ADE_") for v in api.values()):
