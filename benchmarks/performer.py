@@ -93,6 +93,10 @@ def main():
     ap.add_argument("--personalise-lr", type=float, default=1e-4)
     ap.add_argument("--ivr-steps", type=int, default=600)
     ap.add_argument("--ivr-refresh", type=int, default=200)
+    ap.add_argument("--reference-pose", choices=["on", "off"], default="off",
+                    help="give the reference photo its own skeleton map (Encode Reference's pose input, SCD's pose "
+                         "injection): on for models trained with scripts/train_demo_models.py --reference-pose; the "
+                         "shipped demo model was trained without it")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
     a = ap.parse_args()
 
@@ -145,7 +149,8 @@ def main():
         g["smplx"] = torch.from_numpy(render_normals(shaped, bm, S, S)).float() / 255
 
     base = load_demo_pipe(a.models)
-    ref = encode_reference(base, ref_img, noise_aug=0.0, face="off")
+    ref_pose = torch.from_numpy(draw(train_pose.copy(keypoints=train_pose.keypoints[:1]), S, S, stick_width=1)).float() / 255
+    ref = encode_reference(base, ref_img, noise_aug=0.0, face="off", pose=ref_pose if a.reference_pose == "on" else None)
 
     def score(video, g):
         v = video.detach().float().clamp(0, 1).cpu().numpy()

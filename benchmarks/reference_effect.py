@@ -4,7 +4,9 @@ it, and with another identity's frame as the reference, plus the VAE round trip 
     .venv/bin/python benchmarks/reference_effect.py [--models assets/demo_models --frames 8 --steps 20]
 
 A model that copies appearance from its reference gives a large difference between "its own reference" and "another
-identity's reference", and a part-colour distance well below plain sampling's."""
+identity's reference", and a part-colour distance well below plain sampling's.  ``attention_on_own_reference`` says
+how the reference is read: the softmax mass on the reference keys and the mean largest weight per query, beside the
+largest weight of uniform attention (a model whose attention stays near uniform only adds the reference's average)."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +26,9 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=1.0, help="guidance on the reference: the unconditional row does not "
                                                             "read it (reference_uncond drop) when > 1")
+    ap.add_argument("--reference-pose", action="store_true",
+                    help="give each reference its own skeleton map (Encode Reference's pose input, SCD's pose injection), "
+                         "as models trained with scripts/train_demo_models.py --reference-pose expect")
     a = ap.parse_args()
     setup(models=False)
     import numpy as np
@@ -45,10 +50,29 @@ def main():
     s = VideoSettings(frames=a.frames, width=64, height=64, steps=a.steps, cfg=a.cfg, seed=0, window=16, stride=8,
                       reference_uncond="drop")
     videos, scores = {}, {}
-    for name, img, use in (("plain", g["rgb"][:1], False), ("own reference", g["rgb"][:1], True),
-                           ("other identity as reference", o["rgb"][:1], True)):
-        ref = encode_reference(bb, torch.from_numpy(img).float() / 255, noise_aug=0.0, face="off")
-        v = decode_latents(bb, sample_video(bb, s, ref, skeleton=sk, use_reference_attention=use)).float().clamp(0, 1).numpy()
+    # how the attention treats the reference: per read, the share of the softmax mass on the reference keys and the
+    # mean largest weight (uniform attention over [reference, target] puts 0.5 on the reference and 1/keys everywhere)
+    from performer_pkg.models.attention import maths as AM
+
+    seen, inner = [], AM.reference_attention
+
+    def observed(q, k, v, heads, k_ref, v_ref, *args, **kw):
+        b, n, c = q.shape
+        d = c // heads
+        kk = torch.cat([k_ref.to(k.dtype).expand(b, -1, -1), k], 1)
+        w = (q.view(b, n, heads, d).transpose(1, 2) @ kk.view(b, -1, heads, d).permute(0, 2, 3, 1) / d ** 0.5).softmax(-1)
+        seen.append((float(w[..., :k_ref.shape[1]].sum(-1).mean()), float(w.max(-1).values.mean()), kk.shape[1]))
+        return inner(q, k, v, heads, k_ref, v_ref, *args, **kw)
+    osk = torch.from_numpy(draw(o["pose"], 64, 64, stick_width=1)).float() / 255
+    for name, img, rp, use in (("plain", g["rgb"][:1], sk[:1], False), ("own reference", g["rgb"][:1], sk[:1], True),
+                               ("other identity as reference", o["rgb"][:1], osk[:1], True)):
+        ref = encode_reference(bb, torch.from_numpy(img).float() / 255, noise_aug=0.0, face="off",
+                               pose=rp if a.reference_pose else None)
+        AM.reference_attention = observed if name == "own reference" else inner
+        try:
+            v = decode_latents(bb, sample_video(bb, s, ref, skeleton=sk, use_reference_attention=use)).float().clamp(0, 1).numpy()
+        finally:
+            AM.reference_attention = inner
         videos[name] = v
         m = M.compute(v, g["rgb"], material=g["material"])
         scores[name] = {"psnr": round(m["psnr"], 2), "part_colour": round(m["part_colour"], 3)}
@@ -58,7 +82,12 @@ def main():
     diff = lambda x, y: round(float(np.abs(videos[x] - videos[y]).mean()), 5)  # noqa: E731
     write_result("reference_effect", {"spec": vars(a), "scores": scores,
                                       "mean_abs_diff_own_vs_plain": diff("own reference", "plain"),
-                                      "mean_abs_diff_own_vs_other_reference": diff("own reference", "other identity as reference")})
+                                      "mean_abs_diff_own_vs_other_reference": diff("own reference", "other identity as reference"),
+                                      "attention_on_own_reference": {
+                                          "reads": len(seen),
+                                          "mass_on_reference": round(sum(x[0] for x in seen) / max(len(seen), 1), 3),
+                                          "mean_peak_weight": round(sum(x[1] for x in seen) / max(len(seen), 1), 4),
+                                          "uniform_peak_weight": round(sum(1 / x[2] for x in seen) / max(len(seen), 1), 4)}})
 
 
 if __name__ == "__main__":

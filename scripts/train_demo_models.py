@@ -113,6 +113,33 @@ def main():
                     help="rescale the betas to zero terminal SNR and sample with trailing timesteps (Lin et al. 2024, "
                          "'Common diffusion noise schedules and sample steps are flawed'; needs v-prediction): at t = T "
                          "the noisy latent then leaks no colour, so the reference is the only place appearance can come from")
+    ap.add_argument("--reference-pose", action="store_true",
+                    help="add the reference frame's own skeleton map, through the pose controller, to the reference pass "
+                         "(SCD's pose injection; the pipe's reference_pose option and Encode Reference's pose input do the "
+                         "same at sampling): both sides of the reference attention then carry the limb colours, so a target "
+                         "token can find the same body part in the reference")
+    ap.add_argument("--person-weight", type=float, default=0.0,
+                    help="weight the loss on the person's latent pixels by 1 + this (the generator knows which pixels are "
+                         "the person): the clothes are a small part of a 64 px frame and the background is almost the "
+                         "same in every scene, so unweighted the loss barely rewards taking the clothes' colours from "
+                         "the reference")
+    ap.add_argument("--high-t-share", type=float, default=0.0,
+                    help="share of the UNet steps whose timestep is drawn from the top 30 %% of the schedule instead of "
+                         "all of it: there the noisy input hides the colours, so only the reference can give them")
+    ap.add_argument("--same-frame-share", type=float, default=0.0,
+                    help="share of the UNet steps whose reference is one of the clip's own frames (same pose, same "
+                         "place): a curriculum in which a target token finds its colour at the reference token with the "
+                         "same pose features, which teaches the attention to match them; the other steps keep "
+                         "references in other poses")
+    ap.add_argument("--attn-lr-mult", type=float, default=1.0,
+                    help="learning rate of the spatial self-attention layers (the ones the reference is read by) as a "
+                         "multiple of --lr: at this size their query/key weights otherwise stay near their initial scale, "
+                         "so attention stays almost uniform and cannot pick the matching body part of the reference")
+    ap.add_argument("--vae-from", default=None,
+                    help="a checkpoint.pt of an earlier run with the same --pool, --vae-steps and --seed: its finished VAE "
+                         "stage (which depends on nothing else) is taken instead of training it again, and the UNet stage "
+                         "draws from a generator seeded with seed + 1 (a run from scratch continues the VAE stage's "
+                         "stream, so the two draw different steps of the same kind); saves 20-30 min per experiment")
     ap.add_argument("--export-only", action="store_true",
                     help="write the models of the last checkpoint in --work (same arguments) without training further, "
                          "e.g. to evaluate a run half-way; train_log.json records the step")
@@ -146,7 +173,10 @@ def main():
     ckpt_path = os.path.join(a.work, "checkpoint.pt")
     if a.zero_snr and a.prediction != "v_prediction":
         ap.error("--zero-snr needs --prediction v_prediction (ε is undefined at zero SNR)")
-    args_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "steps", "seed", "lr", "heads", "prediction", "zero_snr")}
+    vae_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "seed")}
+    args_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "steps", "seed", "lr", "heads", "prediction", "zero_snr",
+                                           "reference_pose", "person_weight", "high_t_share",
+                                           "same_frame_share", "attn_lr_mult")}
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
@@ -161,7 +191,11 @@ def main():
     pc = PoseController(latent_channels=4, downsample=4, channels=(16, 32, 64), heads=4)
     unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     params = list(unet.parameters()) + list(pc.parameters())
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=1e-2)
+    attn = [p for n, p in unet.named_parameters() if ".attn1." in n and "transformer_blocks" in n and "motion" not in n]
+    ids_attn = {id(p) for p in attn}
+    groups = [{"params": [p for p in params if id(p) not in ids_attn]}, {"params": attn, "lr": a.lr * a.attn_lr_mult}] \
+        if a.attn_lr_mult != 1.0 else params
+    opt = torch.optim.AdamW(groups, lr=a.lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda i: min(1.0, (i + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(i, a.steps) / a.steps)))
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
@@ -198,7 +232,19 @@ def main():
             save_ckpt()
 
     if a.export_only and state["stage"] != "unet":
-        ap.error(f"--export-only: {ckpt_path} has no finished VAE stage to export")
+        ap.error(f"--export-only: {ckpt_path} has no finished VAE stage made with these arguments to export")
+    if state["stage"] == "vae" and a.vae_from:
+        ck = torch.load(a.vae_from, weights_only=True)
+        done = json.loads(ck["state"])
+        if {k: json.loads(ck["args"]).get(k) for k in vae_key} != vae_key or done["stage"] != "unet":
+            ap.error(f"--vae-from {a.vae_from}: not a finished VAE stage with --pool {a.pool} --vae-steps {a.vae_steps} "
+                     f"--seed {a.seed}")
+        vae.load_state_dict(ck["vae"])
+        state.update(stage="unet", step=0, scaling=done["scaling"], vae_loss=done["vae_loss"])
+        print(f"VAE stage taken from {a.vae_from}", flush=True)
+        g.manual_seed(a.seed + 1)  # the UNet stage's draws then start from here (a run from scratch continues the VAE stage's stream)
+        save_ckpt()
+
     if state["stage"] == "vae":
         for i in range(state["step"], a.vae_steps):
             x = torch.cat([paint(geos[_draw_int(g, N)], training_seed(g), training_seed(g), [_draw_int(g, FRAMES)]) for _ in range(16)])
@@ -237,11 +283,23 @@ def main():
         s0 = _draw_int(g, FRAMES - CLIP + 1)
         ids, bgs = training_seed(g), training_seed(g)
         x0 = encode(paint(geos[n], ids, bgs, list(range(s0, s0 + CLIP)))).permute(1, 0, 2, 3)[None]  # (1, 4, clip, h, w)
+        # per latent pixel: 1 + person_weight × the share of the person in its 4 × 4 image pixels
+        person = torch.from_numpy(geos[n]["face_id"][s0:s0 + CLIP] >= 0).float()[:, None]
+        weight = 1.0 + a.person_weight * F.avg_pool2d(person, SIZE // x0.shape[-1]).permute(1, 0, 2, 3)[None]
         # the reference: the same identity in the same scene, from this sequence or from another posed body
         rn = n if bool(torch.rand(1, generator=g) < 0.5) else _draw_int(g, N)
-        ref = encode(paint(geos[rn], ids, bgs, [_draw_int(g, FRAMES)]))
+        rf = _draw_int(g, FRAMES)
+        if a.same_frame_share and bool(torch.rand(1, generator=g) < a.same_frame_share):
+            rn, rf = n, s0 + _draw_int(g, CLIP)
+        ref = encode(paint(geos[rn], ids, bgs, [rf]))
+        if a.reference_pose:  # the reference's own skeleton, as Encode Reference's pose input adds it at sampling
+            ref = ref + pc({"skeleton": M[rn, rf:rf + 1].permute(0, 3, 1, 2)})
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, 1000, (1,), generator=g)
+        # (the seed + 1 stream of --vae-from always draws this coin; a run from scratch only when the share is set, so
+        # the defaults keep the draws that made the shipped model)
+        coin = float(torch.rand(1, generator=g)) if a.high_t_share or a.vae_from else 1.0
+        lo = 700 if coin < a.high_t_share else 0
+        t = torch.randint(lo, 1000, (1,), generator=g)
         xt = ddpm.add_noise(x0, noise, t)
         # each guidance kind is dropped 25 % of the time, so either alone and both together work at sampling time
         keep_sk, keep_sm = (torch.rand(2, generator=g) > 0.25).tolist()
@@ -259,7 +317,8 @@ def main():
                 st.mode = "off"
             st.frames = CLIP
             pred = unet(xt + feat, t, encoder_hidden_states=ctx.repeat(CLIP, 1, 1)).sample
-        loss = F.mse_loss(pred, ddpm.get_velocity(x0, noise, t) if a.prediction == "v_prediction" else noise)
+        target = ddpm.get_velocity(x0, noise, t) if a.prediction == "v_prediction" else noise
+        loss = ((pred - target) ** 2 * weight).mean() / weight.mean() if a.person_weight else F.mse_loss(pred, target)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -297,7 +356,9 @@ def main():
     with open(os.path.join(out, "motion_adapter", "scheduler_config.json"), "w") as fh:
         json.dump(sched_cfg, fh, indent=1)
     pc.save(os.path.join(out, "pose_controller.safetensors"))
-    log = {"steps_done": state["step"], "seed": a.seed, "heads": a.heads, "prediction": a.prediction, "zero_snr": a.zero_snr, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
+    log = {"steps_done": state["step"], "seed": a.seed, "heads": a.heads, "prediction": a.prediction, "zero_snr": a.zero_snr,
+           "reference_pose": a.reference_pose, "person_weight": a.person_weight, "high_t_share": a.high_t_share,
+           "same_frame_share": a.same_frame_share, "attn_lr_mult": a.attn_lr_mult, "vae_from": a.vae_from, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
            "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],
            "seconds_this_run": round(time.time() - t0, 1),
            "train_data": f"training range only (identity and sequence seeds < {EVAL_BASE}): {N} posed bodies (all motions), "
