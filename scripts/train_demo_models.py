@@ -263,12 +263,18 @@ def main():
     vae.register_to_config(scaling_factor=state["scaling"])
     vae.eval().requires_grad_(False)
 
-    sched_cfg = dict(DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                                   set_alpha_to_one=False, steps_offset=1).config)
+    # a scheduler's .config lists the arguments it was not given under "_use_default_values", and from_config drops
+    # those keys in favour of its defaults: keep only the plain keys, or the prediction type and zero-SNR settings set
+    # below would be silently replaced by ε and ordinary betas, in training and in every pipe that loads the folder
+    sched_cfg = {k: v for k, v in DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                                clip_sample=False, set_alpha_to_one=False, steps_offset=1).config.items()
+                 if not k.startswith("_")}
     sched_cfg["prediction_type"] = a.prediction
     if a.zero_snr:
         sched_cfg.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
     ddpm = DDPMScheduler.from_config(sched_cfg)
+    if (ddpm.config.prediction_type, ddpm.config.rescale_betas_zero_snr) != (a.prediction, a.zero_snr):
+        raise SystemExit(f"the training scheduler did not take the settings: {dict(ddpm.config)}")
     with torch.no_grad():
         tok = torch.tensor([[49406, 49407] + [49407] * 75])
         ctx = text(tok)[0]

@@ -180,3 +180,30 @@ def test_svd_sampling_equals_diffusers_svd_pipeline(files):
     print(f"SVD: max |pack - diffusers| = {diff:.3g} (latent std {theirs.std().item():.3g})")
     assert diff <= ATOL, diff
     assert np.isfinite(diff)
+
+
+def test_scheduler_config_values_win_over_use_default_values(tmp_path):
+    """A scheduler_config.json written from a live diffusers config keeps its "_use_default_values" list, and
+    ``from_config`` replaces every key on it with the library default: a v-prediction, zero-SNR folder (what
+    scripts/train_demo_models.py wrote before it dropped that list) would sample as ε with ordinary betas.  The loader
+    honours the values the file states (the training script no longer writes the list and checks its scheduler took
+    them)."""
+    import json
+
+    from diffusers import DDIMScheduler
+
+    src = os.path.join(tm.DEMO_MODELS, "sd15")
+    folder = tmp_path / "sd15_v"
+    folder.mkdir()
+    for sub in ("unet", "vae", "text_encoder", "tokenizer"):
+        os.symlink(os.path.join(src, sub), folder / sub)
+    cfg = dict(DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).config)
+    assert {"prediction_type", "rescale_betas_zero_snr", "timestep_spacing"} <= set(cfg["_use_default_values"])
+    cfg.update(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(cfg))
+    assert DDIMScheduler.from_config(cfg).config.prediction_type == "epsilon"  # diffusers' behaviour the loader guards
+    bb = backbones.load_backbone(str(folder), tokenizer_dirs=TOK)
+    for name in ("ddim", "euler"):
+        c = make_scheduler(bb, name).config
+        assert (c.prediction_type, c.rescale_betas_zero_snr, c.timestep_spacing) == ("v_prediction", True, "trailing")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -220,7 +221,14 @@ def _scheduler_from_folder(path: str, fallback: str) -> Dict[str, Any]:
     p = os.path.join(path, "scheduler", "scheduler_config.json")
     if os.path.isfile(p):
         with open(p, encoding="utf-8") as fh:
-            return json.load(fh)
+            cfg = json.load(fh)
+        # diffusers never saves "_use_default_values"; a file that has it was written from a live config and then
+        # edited, and from_config would replace every key it lists (prediction type, zero SNR, spacing) with the
+        # library's default: the values the file states are the ones the weights were trained with
+        stale = [k for k in cfg.pop("_use_default_values", None) or [] if k in cfg]
+        if stale:
+            logging.info("'%s': honouring the stated %s (listed under _use_default_values)", p, ", ".join(sorted(stale)))
+        return cfg
     return reference_config(fallback)
 
 
