@@ -149,8 +149,9 @@ def main():
         g["smplx"] = torch.from_numpy(render_normals(shaped, bm, S, S)).float() / 255
 
     base = load_demo_pipe(a.models)
-    ref_pose = torch.from_numpy(draw(train_pose.copy(keypoints=train_pose.keypoints[:1]), S, S, stick_width=1)).float() / 255
-    ref = encode_reference(base, ref_img, noise_aug=0.0, face="off", pose=ref_pose if a.reference_pose == "on" else None)
+    ref_pose = None if a.reference_pose == "off" else \
+        torch.from_numpy(draw(train_pose.copy(keypoints=train_pose.keypoints[:1]), S, S, stick_width=1)).float() / 255
+    ref = encode_reference(base, ref_img, noise_aug=0.0, face="off", pose=ref_pose)
 
     def score(video, g):
         v = video.detach().float().clamp(0, 1).cpu().numpy()

@@ -174,9 +174,9 @@ def main():
     if a.zero_snr and a.prediction != "v_prediction":
         ap.error("--zero-snr needs --prediction v_prediction (ε is undefined at zero SNR)")
     vae_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "seed")}
-    args_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "steps", "seed", "lr", "heads", "prediction", "zero_snr",
-                                           "reference_pose", "person_weight", "high_t_share",
-                                           "same_frame_share", "attn_lr_mult")}
+    args_key = {**vae_key, **{k: getattr(a, k) for k in ("steps", "lr", "heads", "prediction", "zero_snr", "reference_pose",
+                                                        "person_weight", "high_t_share", "same_frame_share",
+                                                        "attn_lr_mult")}}
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
