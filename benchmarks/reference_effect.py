@@ -29,7 +29,14 @@ def main():
     ap.add_argument("--reference-pose", action="store_true",
                     help="give each reference its own skeleton map (Encode Reference's pose input, SCD's pose injection), "
                          "as models trained with scripts/train_demo_models.py --reference-pose expect")
+    ap.add_argument("--smplx-render", choices=["off", "normal", "semantic"], default="off",
+                    help="also guide the target with SMPL-X renders of this kind (the pose controller's smplx encoder; "
+                         "semantic for models trained with --smplx-render semantic)")
+    ap.add_argument("--reference-render", action="store_true",
+                    help="with --reference-pose: give each reference its own SMPL-X render of --smplx-render's kind too")
     a = ap.parse_args()
+    if a.reference_render and (a.smplx_render == "off" or not a.reference_pose):
+        ap.error("--reference-render needs --reference-pose and --smplx-render normal|semantic")
     setup(models=False)
     import numpy as np
     import torch
@@ -47,6 +54,14 @@ def main():
     g = generate(PerformerSpec(seed=a.seed, character=a.character, motion=a.motion, frames=a.frames, size=64))
     o = generate(PerformerSpec(seed=a.seed, character=a.other, motion=a.motion, frames=a.frames, size=64))
     sk = torch.from_numpy(draw(g["pose"], 64, 64, stick_width=1)).float() / 255
+    rend = {}
+    if a.smplx_render != "off":
+        from performer_pkg.models.body.render import render_sequence
+        from performer_pkg.models.body.smplx import get_body_model
+
+        for key, x in (("own", g), ("other", o)):
+            out = render_sequence(x["body"], get_body_model(), 64, 64, kinds=(a.smplx_render,))[a.smplx_render]
+            rend[key] = torch.from_numpy(np.stack(out)).float() / 255
     s = VideoSettings(frames=a.frames, width=64, height=64, steps=a.steps, cfg=a.cfg, seed=0, window=16, stride=8,
                       reference_uncond="drop")
     videos, scores = {}, {}
@@ -64,13 +79,16 @@ def main():
         seen.append((float(w[..., :k_ref.shape[1]].sum(-1).mean()), float(w.max(-1).values.mean()), kk.shape[1]))
         return inner(q, k, v, heads, k_ref, v_ref, *args, **kw)
     osk = torch.from_numpy(draw(o["pose"], 64, 64, stick_width=1)).float() / 255
-    for name, img, rp, use in (("plain", g["rgb"][:1], sk[:1], False), ("own reference", g["rgb"][:1], sk[:1], True),
-                               ("other identity as reference", o["rgb"][:1], osk[:1], True)):
+    for name, img, rp, who, use in (("plain", g["rgb"][:1], sk[:1], "own", False),
+                                    ("own reference", g["rgb"][:1], sk[:1], "own", True),
+                                    ("other identity as reference", o["rgb"][:1], osk[:1], "other", True)):
         ref = encode_reference(bb, torch.from_numpy(img).float() / 255, noise_aug=0.0, face="off",
-                               pose=rp if a.reference_pose else None)
+                               pose=rp if a.reference_pose else None,
+                               pose_render=rend[who][:1] if a.reference_render else None)
         AM.reference_attention = observed if name == "own reference" else inner
         try:
-            v = decode_latents(bb, sample_video(bb, s, ref, skeleton=sk, use_reference_attention=use)).float().clamp(0, 1).numpy()
+            v = decode_latents(bb, sample_video(bb, s, ref, skeleton=sk, smplx=rend.get("own"),
+                                                           use_reference_attention=use)).float().clamp(0, 1).numpy()
         finally:
             AM.reference_attention = inner
         videos[name] = v

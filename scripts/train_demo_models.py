@@ -58,21 +58,22 @@ def training_seed(g) -> int:
     return _draw_int(g, EVAL_BASE)
 
 
-def pool(n: int, seed: int):
-    """n posed bodies from training seeds: materials per pixel, shading, skeleton maps, SMPL-X normal renders."""
+def pool(n: int, seed: int, render: str = "normal"):
+    """n posed bodies from training seeds: materials per pixel, shading, skeleton maps, SMPL-X renders (``render``:
+    normal maps, or the pack's semantic part maps as Render Body's ``semantic`` output draws them)."""
     import numpy as np
 
     from performer_pkg.models.body.smplx import get_body_model
     from performer_pkg.models.evaluate.performer import geometry
     from performer_pkg.models.pose.sequence import draw
-    from performer_pkg.models.body.render import render_normals
+    from performer_pkg.models.body.render import render_sequence
 
     geos, maps, normals = [], [], []
     for spec in pool_specs(n, seed):
         geo = geometry(spec, with_flow=False)
         geos.append({k: geo[k] for k in ("face_id", "shade", "materials")})
         maps.append(draw(geo["pose"], SIZE, SIZE, stick_width=1))
-        normals.append(render_normals(geo["body"], get_body_model(), SIZE, SIZE))
+        normals.append(np.stack(render_sequence(geo["body"], get_body_model(), SIZE, SIZE, kinds=(render,))[render]))
     return geos, np.stack(maps), np.stack(normals)
 
 
@@ -140,6 +141,11 @@ def main():
                          "stage (which depends on nothing else) is taken instead of training it again, and the UNet stage "
                          "draws from a generator seeded with seed + 1 (a run from scratch continues the VAE stage's "
                          "stream, so the two draw different steps of the same kind); saves 20-30 min per experiment")
+    ap.add_argument("--smplx-render", choices=["normal", "semantic"], default="normal",
+                    help="what the pose controller's smplx encoder is trained on: SMPL-X normal renders, or semantic part "
+                         "maps (Champ's guidance kind; Render Body's semantic output), which name each body part")
+    ap.add_argument("--reference-render", action="store_true",
+                    help="with --reference-pose: the reference pass also gets its own SMPL-X render (smplx encoder)")
     ap.add_argument("--export-only", action="store_true",
                     help="write the models of the last checkpoint in --work (same arguments) without training further, "
                          "e.g. to evaluate a run half-way; train_log.json records the step")
@@ -163,7 +169,7 @@ def main():
     if a.export_only:  # nothing is drawn from the pool
         geos, M, S, N = None, None, None, a.pool
     else:
-        geos, maps, normals = pool(a.pool, a.seed)
+        geos, maps, normals = pool(a.pool, a.seed, a.smplx_render)
         M = torch.from_numpy(maps).float() / 255.0  # skeleton maps (N, F, H, W, 3)
         S = torch.from_numpy(normals).float() / 255.0  # SMPL-X normal renders (each pooled body's own shape)
         N = len(geos)
@@ -177,6 +183,11 @@ def main():
     args_key = {**vae_key, **{k: getattr(a, k) for k in ("steps", "lr", "heads", "prediction", "zero_snr", "reference_pose",
                                                         "person_weight", "high_t_share", "same_frame_share",
                                                         "attn_lr_mult")}}
+    for k in ("smplx_render", "reference_render"):  # only when not the default, so earlier checkpoints still resume
+        if getattr(a, k) != ap.get_default(k):
+            args_key[k] = getattr(a, k)
+    if a.reference_render and not a.reference_pose:
+        ap.error("--reference-render needs --reference-pose")
 
     vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(32, 64, 64), layers_per_block=1,
@@ -299,7 +310,8 @@ def main():
             rn, rf = n, s0 + _draw_int(g, CLIP)
         ref = encode(paint(geos[rn], ids, bgs, [rf]))
         if a.reference_pose:  # the reference's own skeleton, as Encode Reference's pose input adds it at sampling
-            ref = ref + pc({"skeleton": M[rn, rf:rf + 1].permute(0, 3, 1, 2)})
+            ref = ref + pc({"skeleton": M[rn, rf:rf + 1].permute(0, 3, 1, 2),
+                            "smplx": S[rn, rf:rf + 1].permute(0, 3, 1, 2) if a.reference_render else None})
         noise = torch.randn(x0.shape, generator=g)
         # (the seed + 1 stream of --vae-from always draws this coin; a run from scratch only when the share is set, so
         # the defaults keep the draws that made the shipped model)
@@ -364,7 +376,8 @@ def main():
     pc.save(os.path.join(out, "pose_controller.safetensors"))
     log = {"steps_done": state["step"], "seed": a.seed, "heads": a.heads, "prediction": a.prediction, "zero_snr": a.zero_snr,
            "reference_pose": a.reference_pose, "person_weight": a.person_weight, "high_t_share": a.high_t_share,
-           "same_frame_share": a.same_frame_share, "attn_lr_mult": a.attn_lr_mult, "vae_from": a.vae_from, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
+           "same_frame_share": a.same_frame_share, "attn_lr_mult": a.attn_lr_mult,
+           "smplx_render": a.smplx_render, "reference_render": a.reference_render, "vae_from": a.vae_from, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
            "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],
            "seconds_this_run": round(time.time() - t0, 1),
            "train_data": f"training range only (identity and sequence seeds < {EVAL_BASE}): {N} posed bodies (all motions), "

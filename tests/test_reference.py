@@ -496,3 +496,23 @@ def test_same_seed_same_video_whatever_the_global_rng_does(ad, scheduler):
     torch.rand(10)
     b = sample_video(ad, s, ref)
     assert torch.equal(a, b)
+
+
+def test_reference_pose_render_enters_the_reference_pass(ad):
+    """SCD's pose injection with the reference's own SMPL-X render: Encode Reference's ``pose_render`` goes through the
+    pose controller's smplx encoder in the reference pass (scripts/train_demo_models.py --reference-render trains
+    this), changes the video, and is left out when the settings turn reference poses off."""
+    bb = ad.with_parts(pose_controller=tm.tiny_pose_controller(downsample=ad.vae_scale_factor))
+    g = torch.Generator().manual_seed(5)
+    sk, sm, ref_sm = (torch.rand(n, SIZE, SIZE, 3, generator=g) for n in (4, 4, 1))
+    s = _settings()
+    with_sk = encode_reference(bb, _img(), pose=sk[:1])
+    both = encode_reference(bb, _img(), pose=sk[:1], pose_render=ref_sm)
+    assert both.pose_render.shape == (1, 3, SIZE, SIZE)
+    v_sk = sample_video(bb, s, with_sk, skeleton=sk, smplx=sm)
+    v_both = sample_video(bb, s, both, skeleton=sk, smplx=sm)
+    assert (v_both - v_sk).abs().max() > 1e-4
+    off = dataclasses.replace(s, reference_pose=False)
+    assert torch.equal(sample_video(bb, off, both, skeleton=sk, smplx=sm), sample_video(bb, off, with_sk, skeleton=sk, smplx=sm))
+    with pytest.raises(BadInputError, match="reference SMPL-X render"):
+        encode_reference(bb, _img(), pose_render=torch.rand(1, 16, SIZE, 3))

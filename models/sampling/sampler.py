@@ -82,6 +82,7 @@ class Reference:
     clip_embeds: Optional[torch.Tensor] = None  # (1, D)
     face_embeds: Optional[torch.Tensor] = None  # (1, 512)
     pose: Optional[torch.Tensor] = None  # (1, 3, H, W) skeleton map of the reference pose (SCD pose injection)
+    pose_render: Optional[torch.Tensor] = None  # (1, 3, H, W) the reference's own SMPL-X render (the smplx encoder)
     info: dict = field(default_factory=dict)
 
 
@@ -107,8 +108,11 @@ def clip_image_embeds(bb, image: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_reference(bb, image: torch.Tensor, noise_aug: float = 0.02, seed: int = 0, face: str = "auto",
-                     face_landmarks=None, pose: Optional[torch.Tensor] = None) -> Reference:
-    """Encode a reference photo for ``bb``.  ``face``: "auto" (embed if the pipe has ArcFace), "require", "off"."""
+                     face_landmarks=None, pose: Optional[torch.Tensor] = None,
+                     pose_render: Optional[torch.Tensor] = None) -> Reference:
+    """Encode a reference photo for ``bb``.  ``face``: "auto" (embed if the pipe has ArcFace), "require", "off".
+    ``pose`` / ``pose_render``: the reference's own skeleton map / SMPL-X render, added through the pose controller in
+    the reference pass (SCD's pose injection)."""
     img = _image_to_tensor(image, "reference image")
     _, h, w, _ = img.shape
     check_size(w, h, bb.vae_scale_factor)
@@ -140,6 +144,10 @@ def encode_reference(bb, image: torch.Tensor, noise_aug: float = 0.02, seed: int
         from ..guidance.pose_controller import maps_to_tensor
 
         ref.pose = maps_to_tensor(pose, h, w, 1, "reference pose")
+    if pose_render is not None:
+        from ..guidance.pose_controller import maps_to_tensor
+
+        ref.pose_render = maps_to_tensor(pose_render, h, w, 1, "reference SMPL-X render")
     _check_finite(ref.latent, "The reference latent")
     return ref
 
@@ -359,8 +367,8 @@ class _Run:
         separate reference UNet, whose layers write their input tokens into ``state``."""
         bb, ref = self.bb, self.ref
         lat = ref.latent.to(bb.device, bb.dtype)
-        if self.s.reference_pose and ref.pose is not None and bb.pose_controller is not None:
-            lat = lat + bb.pose_controller({"skeleton": ref.pose}).to(lat.dtype) * self.s.pose_scale
+        if self.s.reference_pose and (ref.pose is not None or ref.pose_render is not None) and bb.pose_controller is not None:
+            lat = lat + bb.pose_controller({"skeleton": ref.pose, "smplx": ref.pose_render}).to(lat.dtype) * self.s.pose_scale
         if bb.family == "svd":
             sigma = float(sched.config.sigma_min)
             t = torch.tensor(0.25 * torch.log(torch.tensor(sigma)).item(), device=bb.device)
