@@ -93,6 +93,29 @@ def test_reference_effect_smoke(tmp_path):
     assert r["mean_abs_diff_own_vs_plain"] > 0
 
 
+def test_reference_effect_with_renders_smoke(tmp_path):
+    """The render options: the target guided by semantic part maps and the reference given its own skeleton and
+    render (Encode Reference's pose and pose_render); they change the video."""
+    _run(tmp_path, "reference_effect.py", "--frames", "2", "--steps", "2")
+    plain = _result(tmp_path, "reference_effect")
+    _run(tmp_path, "reference_effect.py", "--frames", "2", "--steps", "2", "--reference-pose", "--smplx-render", "semantic",
+         "--reference-render")
+    r = _result(tmp_path, "reference_effect")
+    assert r["spec"]["smplx_render"] == "semantic" and r["spec"]["reference_render"]
+    assert r["scores"]["own reference"] != plain["scores"]["own reference"]
+
+
+def test_reference_signal_refuses_models_without_zero_terminal_snr(tmp_path):
+    """benchmarks/reference_signal.py decodes the first step's x0 = −v, which holds only at zero terminal SNR with
+    v-prediction: the shipped ε demo model is refused with that reason, not scored wrongly."""
+    env = guarded_env(tmp_path / "netguard.log", BENCH_OUT=str(tmp_path), BENCH_THREADS="1")
+    p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "reference_signal.py"), "--models",
+                        os.path.join(REPO, "assets", "demo_models")], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode != 0 and "v-prediction model with zero terminal SNR" in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "reference_signal.json").exists()
+
+
 def test_reference_learning_smoke(tmp_path):
     _run(tmp_path, "reference_learning.py", "--steps", "3")
     r = _result(tmp_path, "reference_learning")
