@@ -5,7 +5,11 @@ UNet (8 heads of 4 channels at the attention level) trains for ``--steps`` with 
 training path: ``write_reference(..., grad=True)``); then the loss at a high-noise timestep (``--eval-t``, where the
 colour has to come from somewhere other than the noisy input) is compared with and without the reference.
 
-    .venv/bin/python benchmarks/reference_learning.py [--steps 1500 --eval-t 980 --objectives eps v]
+    .venv/bin/python benchmarks/reference_learning.py [--steps 1500 --eval-t 980 --objectives eps v --parts 1]
+
+``--parts N`` makes each image N horizontal colour bands (parts) at a random cyclic shift, different in target and
+reference; a fixed code per part is added to both inputs, so the model knows where each part is and only the
+reference knows its colour (the demo model's per-part problem in miniature).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import time
 from _common import setup, write_result
 
 
-def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0):
+def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0, parts: int = 1):
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -33,13 +37,29 @@ def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0):
     opt = torch.optim.AdamW(unet.parameters(), lr=5e-4)
     g = torch.Generator().manual_seed(seed)
 
-    def batch():
-        c = torch.randn(1, 4, 1, 1, generator=g)
-        return c + 0.3 * torch.randn(1, 1, 16, 16, generator=g), c + 0.3 * torch.randn(1, 1, 16, 16, generator=g)
+    # --parts N: the image is N horizontal bands (parts), each its own random colour; target and reference show the
+    # bands at different cyclic shifts, and a fixed code per part is added to the UNet input of both (as the pose
+    # controller's features are), so the model knows where each part is but only the reference knows its colour
+    codes = torch.randn(parts, 4, generator=torch.Generator().manual_seed(seed + 99))
 
-    def loss(x0, ref, t, use_ref):
+    def layout(shift):
+        band = ((torch.arange(16) * parts // 16 + shift) % parts)[:, None].expand(16, 16)
+        return band, codes[band].permute(2, 0, 1)[None]
+
+    def batch():
+        if parts == 1:  # the original toy (its draws unchanged)
+            c = torch.randn(1, 4, 1, 1, generator=g)
+            return c + 0.3 * torch.randn(1, 1, 16, 16, generator=g), c + 0.3 * torch.randn(1, 1, 16, 16, generator=g), 0, 0
+        c = torch.randn(parts, 4, generator=g)
+        (bt, kt), (br, kr) = (layout(int(torch.randint(parts, (1,), generator=g))) for _ in range(2))
+        x0 = c[bt].permute(2, 0, 1)[None] + 0.3 * torch.randn(1, 1, 16, 16, generator=g)
+        ref = c[br].permute(2, 0, 1)[None] + 0.3 * torch.randn(1, 1, 16, 16, generator=g)
+        return x0, ref, kt, kr
+
+    def loss(x0, ref, t, use_ref, kt=0, kr=0):
         noise = torch.randn(x0.shape, generator=g)
-        xt = ddpm.add_noise(x0, noise, t)
+        xt = ddpm.add_noise(x0, noise, t) + kt
+        ref = ref + kr
         with reference_attention(unet, uncond="keep") as st:
             if use_ref:
                 write_reference(st, lambda: unet(ref, torch.zeros((), dtype=torch.long), encoder_hidden_states=ctx),
@@ -52,16 +72,16 @@ def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0):
 
     t0 = time.time()
     for _ in range(steps):
-        x0, ref = batch()
-        ls = loss(x0, ref, torch.randint(0, 1000, (1,), generator=g), True)
+        x0, ref, kt, kr = batch()
+        ls = loss(x0, ref, torch.randint(0, 1000, (1,), generator=g), True, kt, kr)
         opt.zero_grad()
         ls.backward()
         opt.step()
     with torch.no_grad():
         pairs = [batch() for _ in range(30)]
         t = torch.tensor([eval_t])
-        with_ref = sum(loss(x, r, t, True).item() for x, r in pairs) / len(pairs)
-        without = sum(loss(x, r, t, False).item() for x, r in pairs) / len(pairs)
+        with_ref = sum(loss(x, r, t, True, kt, kr).item() for x, r, kt, kr in pairs) / len(pairs)
+        without = sum(loss(x, r, t, False, kt, kr).item() for x, r, kt, kr in pairs) / len(pairs)
     return {"loss_with_reference": round(with_ref, 4), "loss_without_reference": round(without, 4),
             "gain": round(1 - with_ref / without, 3), "seconds": round(time.time() - t0, 1)}
 
@@ -71,10 +91,13 @@ def main():
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--eval-t", type=int, default=980)
     ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--parts", type=int, default=1,
+                    help="colour parts per image (1: one colour, the original toy); each part's place is coded in the "
+                         "input of both the target and the reference, its colour only in the reference")
     ap.add_argument("--objectives", nargs="+", default=["eps", "v"], choices=["eps", "v"])
     a = ap.parse_args()
     setup(models=False)
-    write_result("reference_learning", {"spec": vars(a), **{o: run(o, a.steps, a.eval_t, a.heads) for o in a.objectives}})
+    write_result("reference_learning", {"spec": vars(a), **{o: run(o, a.steps, a.eval_t, a.heads, parts=a.parts) for o in a.objectives}})
 
 
 if __name__ == "__main__":

@@ -116,9 +116,11 @@ def test_reference_signal_refuses_models_without_zero_terminal_snr(tmp_path):
     assert not (tmp_path / "reference_signal.json").exists()
 
 
-def test_reference_learning_smoke(tmp_path):
-    _run(tmp_path, "reference_learning.py", "--steps", "3")
+@pytest.mark.parametrize("parts", ["1", "2"])
+def test_reference_learning_smoke(tmp_path, parts):
+    _run(tmp_path, "reference_learning.py", "--steps", "3", "--parts", parts)
     r = _result(tmp_path, "reference_learning")
+    assert r["spec"]["parts"] == int(parts)
     for objective in ("eps", "v"):
         assert r[objective]["loss_with_reference"] > 0 and r[objective]["loss_without_reference"] > 0
 
