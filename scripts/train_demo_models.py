@@ -146,6 +146,9 @@ def main():
                          "maps (Champ's guidance kind; Render Body's semantic output), which name each body part")
     ap.add_argument("--reference-render", action="store_true",
                     help="with --reference-pose: the reference pass also gets its own SMPL-X render (smplx encoder)")
+    ap.add_argument("--accumulate", type=int, default=1,
+                    help="identities (clips, each with its own reference) per optimiser step, their gradients averaged: "
+                         "less gradient noise on the reference signal, at that many times the time per step")
     ap.add_argument("--export-only", action="store_true",
                     help="write the models of the last checkpoint in --work (same arguments) without training further, "
                          "e.g. to evaluate a run half-way; train_log.json records the step")
@@ -183,9 +186,11 @@ def main():
     args_key = {**vae_key, **{k: getattr(a, k) for k in ("steps", "lr", "heads", "prediction", "zero_snr", "reference_pose",
                                                         "person_weight", "high_t_share", "same_frame_share",
                                                         "attn_lr_mult")}}
-    for k in ("smplx_render", "reference_render"):  # only when not the default, so earlier checkpoints still resume
+    for k in ("smplx_render", "reference_render", "accumulate"):  # only when not the default, so earlier checkpoints still resume
         if getattr(a, k) != ap.get_default(k):
             args_key[k] = getattr(a, k)
+    if a.accumulate < 1:
+        ap.error(f"--accumulate must be >= 1; got {a.accumulate}")
     if a.reference_render and not a.reference_pose:
         ap.error("--reference-render needs --reference-pose")
 
@@ -296,49 +301,53 @@ def main():
 
     unet.train()
     for i in range(state["step"], state["step"] if a.export_only else a.steps):
-        n = _draw_int(g, N)
-        s0 = _draw_int(g, FRAMES - CLIP + 1)
-        ids, bgs = training_seed(g), training_seed(g)
-        x0 = encode(paint(geos[n], ids, bgs, list(range(s0, s0 + CLIP)))).permute(1, 0, 2, 3)[None]  # (1, 4, clip, h, w)
-        # per latent pixel: 1 + person_weight × the share of the person in its 4 × 4 image pixels
-        person = torch.from_numpy(geos[n]["face_id"][s0:s0 + CLIP] >= 0).float()[:, None]
-        weight = 1.0 + a.person_weight * F.avg_pool2d(person, SIZE // x0.shape[-1]).permute(1, 0, 2, 3)[None]
-        # the reference: the same identity in the same scene, from this sequence or from another posed body
-        rn = n if bool(torch.rand(1, generator=g) < 0.5) else _draw_int(g, N)
-        rf = _draw_int(g, FRAMES)
-        if a.same_frame_share and bool(torch.rand(1, generator=g) < a.same_frame_share):
-            rn, rf = n, s0 + _draw_int(g, CLIP)
-        ref = encode(paint(geos[rn], ids, bgs, [rf]))
-        if a.reference_pose:  # the reference's own skeleton, as Encode Reference's pose input adds it at sampling
-            ref = ref + pc({"skeleton": M[rn, rf:rf + 1].permute(0, 3, 1, 2),
-                            "smplx": S[rn, rf:rf + 1].permute(0, 3, 1, 2) if a.reference_render else None})
-        noise = torch.randn(x0.shape, generator=g)
-        # (the seed + 1 stream of --vae-from always draws this coin; a run from scratch only when the share is set, so
-        # the defaults keep the draws that made the shipped model)
-        coin = float(torch.rand(1, generator=g)) if a.high_t_share or a.vae_from else 1.0
-        lo = 700 if coin < a.high_t_share else 0
-        t = torch.randint(lo, 1000, (1,), generator=g)
-        xt = ddpm.add_noise(x0, noise, t)
-        # each guidance kind is dropped 25 % of the time, so either alone and both together work at sampling time
-        keep_sk, keep_sm = (torch.rand(2, generator=g) > 0.25).tolist()
-        if not (keep_sk or keep_sm):
-            keep_sk = True
-        guide = {"skeleton": M[n, s0:s0 + CLIP].permute(0, 3, 1, 2) if keep_sk else None,
-                 "smplx": S[n, s0:s0 + CLIP].permute(0, 3, 1, 2) if keep_sm else None}
-        feat = pc(guide).permute(1, 0, 2, 3)[None]
-        use_ref = bool(torch.rand(1, generator=g) > 0.1)  # 10 % without reference (CFG-style dropout)
-        with reference_attention(unet, uncond="keep") as st:
-            if use_ref:
-                write_reference(st, lambda: unet(ref[:, :, None], torch.zeros((), dtype=torch.long), encoder_hidden_states=ctx),
-                                grad=True)
-            else:
-                st.mode = "off"
-            st.frames = CLIP
-            pred = unet(xt + feat, t, encoder_hidden_states=ctx.repeat(CLIP, 1, 1)).sample
-        target = ddpm.get_velocity(x0, noise, t) if a.prediction == "v_prediction" else noise
-        loss = ((pred - target) ** 2 * weight).mean() / weight.mean() if a.person_weight else F.mse_loss(pred, target)
         opt.zero_grad()
-        loss.backward()
+        total = 0.0
+        for _ in range(a.accumulate):  # --accumulate: several identities per optimiser step (gradients averaged)
+            n = _draw_int(g, N)
+            s0 = _draw_int(g, FRAMES - CLIP + 1)
+            ids, bgs = training_seed(g), training_seed(g)
+            x0 = encode(paint(geos[n], ids, bgs, list(range(s0, s0 + CLIP)))).permute(1, 0, 2, 3)[None]  # (1, 4, clip, h, w)
+            # per latent pixel: 1 + person_weight × the share of the person in its 4 × 4 image pixels
+            person = torch.from_numpy(geos[n]["face_id"][s0:s0 + CLIP] >= 0).float()[:, None]
+            weight = 1.0 + a.person_weight * F.avg_pool2d(person, SIZE // x0.shape[-1]).permute(1, 0, 2, 3)[None]
+            # the reference: the same identity in the same scene, from this sequence or from another posed body
+            rn = n if bool(torch.rand(1, generator=g) < 0.5) else _draw_int(g, N)
+            rf = _draw_int(g, FRAMES)
+            if a.same_frame_share and bool(torch.rand(1, generator=g) < a.same_frame_share):
+                rn, rf = n, s0 + _draw_int(g, CLIP)
+            ref = encode(paint(geos[rn], ids, bgs, [rf]))
+            if a.reference_pose:  # the reference's own skeleton, as Encode Reference's pose input adds it at sampling
+                ref = ref + pc({"skeleton": M[rn, rf:rf + 1].permute(0, 3, 1, 2),
+                                "smplx": S[rn, rf:rf + 1].permute(0, 3, 1, 2) if a.reference_render else None})
+            noise = torch.randn(x0.shape, generator=g)
+            # (the seed + 1 stream of --vae-from always draws this coin; a run from scratch only when the share is set, so
+            # the defaults keep the draws that made the shipped model)
+            coin = float(torch.rand(1, generator=g)) if a.high_t_share or a.vae_from else 1.0
+            lo = 700 if coin < a.high_t_share else 0
+            t = torch.randint(lo, 1000, (1,), generator=g)
+            xt = ddpm.add_noise(x0, noise, t)
+            # each guidance kind is dropped 25 % of the time, so either alone and both together work at sampling time
+            keep_sk, keep_sm = (torch.rand(2, generator=g) > 0.25).tolist()
+            if not (keep_sk or keep_sm):
+                keep_sk = True
+            guide = {"skeleton": M[n, s0:s0 + CLIP].permute(0, 3, 1, 2) if keep_sk else None,
+                     "smplx": S[n, s0:s0 + CLIP].permute(0, 3, 1, 2) if keep_sm else None}
+            feat = pc(guide).permute(1, 0, 2, 3)[None]
+            use_ref = bool(torch.rand(1, generator=g) > 0.1)  # 10 % without reference (CFG-style dropout)
+            with reference_attention(unet, uncond="keep") as st:
+                if use_ref:
+                    write_reference(st, lambda: unet(ref[:, :, None], torch.zeros((), dtype=torch.long), encoder_hidden_states=ctx),
+                                    grad=True)
+                else:
+                    st.mode = "off"
+                st.frames = CLIP
+                pred = unet(xt + feat, t, encoder_hidden_states=ctx.repeat(CLIP, 1, 1)).sample
+            target = ddpm.get_velocity(x0, noise, t) if a.prediction == "v_prediction" else noise
+            micro = ((pred - target) ** 2 * weight).mean() / weight.mean() if a.person_weight else F.mse_loss(pred, target)
+            (micro / a.accumulate).backward()
+            total += micro.item() / a.accumulate
+        loss = torch.tensor(total)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -377,7 +386,7 @@ def main():
     log = {"steps_done": state["step"], "seed": a.seed, "heads": a.heads, "prediction": a.prediction, "zero_snr": a.zero_snr,
            "reference_pose": a.reference_pose, "person_weight": a.person_weight, "high_t_share": a.high_t_share,
            "same_frame_share": a.same_frame_share, "attn_lr_mult": a.attn_lr_mult,
-           "smplx_render": a.smplx_render, "reference_render": a.reference_render, "vae_from": a.vae_from, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
+           "smplx_render": a.smplx_render, "reference_render": a.reference_render, "accumulate": a.accumulate, "vae_from": a.vae_from, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
            "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],
            "seconds_this_run": round(time.time() - t0, 1),
            "train_data": f"training range only (identity and sequence seeds < {EVAL_BASE}): {N} posed bodies (all motions), "
