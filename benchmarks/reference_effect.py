@@ -56,12 +56,12 @@ def main():
     sk = torch.from_numpy(draw(g["pose"], 64, 64, stick_width=1)).float() / 255
     rend = {}
     if a.smplx_render != "off":
-        from performer_pkg.models.body.render import render_sequence
+        from performer_pkg.models.body.render import render_maps
         from performer_pkg.models.body.smplx import get_body_model
 
-        for key, x in (("own", g), ("other", o)):
-            out = render_sequence(x["body"], get_body_model(), 64, 64, kinds=(a.smplx_render,))[a.smplx_render]
-            rend[key] = torch.from_numpy(np.stack(out)).float() / 255
+        # the other identity's render is read only as its reference's own render
+        for key, x in (("own", g), ("other", o))[:2 if a.reference_render else 1]:
+            rend[key] = torch.from_numpy(render_maps(x["body"], get_body_model(), 64, 64, a.smplx_render)).float() / 255
     s = VideoSettings(frames=a.frames, width=64, height=64, steps=a.steps, cfg=a.cfg, seed=0, window=16, stride=8,
                       reference_uncond="drop")
     videos, scores = {}, {}

@@ -30,12 +30,11 @@ def main():
                     help="give each reference its own skeleton and SMPL-X render (models trained with --reference-render)")
     a = ap.parse_args()
     setup(models=False)
-    import numpy as np
     import torch
 
     from performer import load_demo_pipe
     from performer_pkg.models.attention import maths as AM
-    from performer_pkg.models.body.render import render_sequence
+    from performer_pkg.models.body.render import render_maps
     from performer_pkg.models.body.smplx import get_body_model
     from performer_pkg.models.evaluate import metrics as M
     from performer_pkg.models.evaluate.performer import PerformerSpec, generate
@@ -50,8 +49,8 @@ def main():
     skel = {k: torch.from_numpy(draw(p["pose"], 64, 64, stick_width=1)).float() / 255 for k, p in people.items()}
     rend = {k: None for k in people}
     if a.smplx_render != "off":
-        rend = {k: torch.from_numpy(np.stack(render_sequence(p["body"], get_body_model(), 64, 64, kinds=(a.smplx_render,))
-                                             [a.smplx_render])).float() / 255 for k, p in people.items()}
+        rend = {k: torch.from_numpy(render_maps(p["body"], get_body_model(), 64, 64, a.smplx_render)).float() / 255
+                for k, p in people.items()}
     g = people["own"]
     s = VideoSettings(frames=8, width=64, height=64, steps=20, cfg=1.0, seed=0, window=16, stride=8, reference_uncond="drop")
     unet = bb.unet

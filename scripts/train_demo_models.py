@@ -66,15 +66,15 @@ def pool(n: int, seed: int, render: str = "normal"):
     from performer_pkg.models.body.smplx import get_body_model
     from performer_pkg.models.evaluate.performer import geometry
     from performer_pkg.models.pose.sequence import draw
-    from performer_pkg.models.body.render import render_sequence
+    from performer_pkg.models.body.render import render_maps
 
-    geos, maps, normals = [], [], []
+    geos, maps, renders = [], [], []
     for spec in pool_specs(n, seed):
         geo = geometry(spec, with_flow=False)
         geos.append({k: geo[k] for k in ("face_id", "shade", "materials")})
         maps.append(draw(geo["pose"], SIZE, SIZE, stick_width=1))
-        normals.append(np.stack(render_sequence(geo["body"], get_body_model(), SIZE, SIZE, kinds=(render,))[render]))
-    return geos, np.stack(maps), np.stack(normals)
+        renders.append(render_maps(geo["body"], get_body_model(), SIZE, SIZE, render))
+    return geos, np.stack(maps), np.stack(renders)
 
 
 def paint(geo, ident_seed: int, bg_seed: int, frames):
@@ -172,9 +172,9 @@ def main():
     if a.export_only:  # nothing is drawn from the pool
         geos, M, S, N = None, None, None, a.pool
     else:
-        geos, maps, normals = pool(a.pool, a.seed, a.smplx_render)
+        geos, maps, renders = pool(a.pool, a.seed, a.smplx_render)
         M = torch.from_numpy(maps).float() / 255.0  # skeleton maps (N, F, H, W, 3)
-        S = torch.from_numpy(normals).float() / 255.0  # SMPL-X normal renders (each pooled body's own shape)
+        S = torch.from_numpy(renders).float() / 255.0  # SMPL-X renders, --smplx-render's kind (each body's own shape)
         N = len(geos)
         print(f"pool: {N} posed bodies in {time.time() - t0:.1f}s", flush=True)
 
@@ -390,7 +390,7 @@ def main():
            "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],
            "seconds_this_run": round(time.time() - t0, 1),
            "train_data": f"training range only (identity and sequence seeds < {EVAL_BASE}): {N} posed bodies (all motions), "
-                         "a new identity painted per step; skeleton and SMPL-X normal renders (each dropped 25 %)"}
+                         f"a new identity painted per step; skeleton and SMPL-X {a.smplx_render} renders (each dropped 25 %)"}
     with open(os.path.join(out, "train_log.json"), "w") as fh:
         json.dump(log, fh, indent=1)
     print(json.dumps(log), flush=True)

@@ -294,6 +294,12 @@ def render_sequence(body, bm, width: int, height: int, kinds=("normal", "mask"),
     return out
 
 
+def render_maps(body, bm, width: int, height: int, kind: str = "normal") -> np.ndarray:
+    """(F, H, W, 3) uint8 renders of one ``kind`` ("normal" or "semantic") — the SMPL-X guidance maps the pose
+    controller's ``smplx`` encoder reads."""
+    return np.stack(render_sequence(body, bm, width, height, kinds=(kind,))[kind])
+
+
 def render_normals(body, bm, width: int, height: int) -> np.ndarray:
-    """(F, H, W, 3) uint8 normal renders — the SMPL-X guidance maps the pose controller's ``smplx`` encoder reads."""
-    return np.stack(render_sequence(body, bm, width, height, kinds=("normal",))["normal"])
+    """(F, H, W, 3) uint8 normal renders (:func:`render_maps` of kind "normal")."""
+    return render_maps(body, bm, width, height, "normal")

@@ -140,14 +140,13 @@ def encode_reference(bb, image: torch.Tensor, noise_aug: float = 0.02, seed: int
             ref.info["face"] = "not found (identity tokens use the unconditional face embedding)"
     elif face == "require":
         raise BadInputError("face='require' but the pipe has no ArcFace model (add one with Add Identity Adapter).")
-    if pose is not None:
+    if pose is not None or pose_render is not None:
         from ..guidance.pose_controller import maps_to_tensor
 
-        ref.pose = maps_to_tensor(pose, h, w, 1, "reference pose")
-    if pose_render is not None:
-        from ..guidance.pose_controller import maps_to_tensor
-
-        ref.pose_render = maps_to_tensor(pose_render, h, w, 1, "reference SMPL-X render")
+        if pose is not None:
+            ref.pose = maps_to_tensor(pose, h, w, 1, "reference pose")
+        if pose_render is not None:
+            ref.pose_render = maps_to_tensor(pose_render, h, w, 1, "reference SMPL-X render")
     _check_finite(ref.latent, "The reference latent")
     return ref
 
