@@ -10,6 +10,10 @@ colour has to come from somewhere other than the noisy input) is compared with a
 ``--parts N`` makes each image N horizontal colour bands (parts) at a random cyclic shift, different in target and
 reference; a fixed code per part is added to both inputs, so the model knows where each part is and only the
 reference knows its colour (the demo model's per-part problem in miniature).
+
+``--zero-snr`` (v only) rescales the betas to zero terminal SNR as the demo model's v runs do; with ordinary betas a
+band's colour can still be read from the noisy input at t = 980, which hides part of what the reference brings.
+``--eval-every K`` records the gain along the way (``gain_curve``), ``--attn-lr-mult`` is the training script's option.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import time
 from _common import setup, write_result
 
 
-def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0, parts: int = 1):
+def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0, parts: int = 1, zero_snr: bool = False,
+        attn_lr_mult: float = 1.0, eval_every: int = 0):
     import torch
     import torch.nn.functional as F
     from diffusers import DDPMScheduler, UNet2DConditionModel
@@ -32,9 +37,12 @@ def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0, part
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
                                 attention_head_dim=heads, norm_num_groups=32)
     ddpm = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                         prediction_type="v_prediction" if objective == "v" else "epsilon")
+                         prediction_type="v_prediction" if objective == "v" else "epsilon", rescale_betas_zero_snr=zero_snr)
     ctx = torch.zeros(1, 77, 32)
-    opt = torch.optim.AdamW(unet.parameters(), lr=5e-4)
+    attn = [p for n, p in unet.named_parameters() if ".attn1." in n]
+    ids = {id(p) for p in attn}
+    opt = torch.optim.AdamW([{"params": [p for p in unet.parameters() if id(p) not in ids]},
+                             {"params": attn, "lr": 5e-4 * attn_lr_mult}], lr=5e-4)
     g = torch.Generator().manual_seed(seed)
 
     # --parts N: the image is N horizontal bands (parts), each its own random colour; target and reference show the
@@ -46,7 +54,7 @@ def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0, part
         band = ((torch.arange(16) * parts // 16 + shift) % parts)[:, None].expand(16, 16)
         return band, codes[band].permute(2, 0, 1)[None]
 
-    def batch():
+    def batch(g=g):
         if parts == 1:  # the original toy (its draws unchanged)
             c = torch.randn(1, 4, 1, 1, generator=g)
             return c + 0.3 * torch.randn(1, 1, 16, 16, generator=g), c + 0.3 * torch.randn(1, 1, 16, 16, generator=g), 0, 0
@@ -56,7 +64,7 @@ def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0, part
         ref = c[br].permute(2, 0, 1)[None] + 0.3 * torch.randn(1, 1, 16, 16, generator=g)
         return x0, ref, kt, kr
 
-    def loss(x0, ref, t, use_ref, kt=0, kr=0):
+    def loss(x0, ref, t, use_ref, kt=0, kr=0, g=g):
         noise = torch.randn(x0.shape, generator=g)
         xt = ddpm.add_noise(x0, noise, t) + kt
         ref = ref + kr
@@ -70,8 +78,21 @@ def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0, part
         target = ddpm.get_velocity(x0, noise, t) if objective == "v" else noise
         return F.mse_loss(pred, target)
 
+    def gain_now():  # on a fixed set from its own generator, so the training draws are unchanged
+        eg = torch.Generator().manual_seed(seed + 5)
+        with torch.no_grad():
+            pairs = [batch(eg) for _ in range(30)]
+            t = torch.tensor([eval_t])
+            w = [loss(x, r, t, True, kt, kr, g=torch.Generator().manual_seed(j)).item() for j, (x, r, kt, kr) in enumerate(pairs)]
+            wo = [loss(x, r, t, False, kt, kr, g=torch.Generator().manual_seed(j)).item() for j, (x, r, kt, kr) in enumerate(pairs)]
+        return round(1 - sum(w) / sum(wo), 3)
+
+    curve = []
     t0 = time.time()
-    for _ in range(steps):
+    for i in range(steps):
+        if eval_every and i % eval_every == 0:
+            curve.append([i, gain_now()])
+            print("gain at step", *curve[-1], flush=True)
         x0, ref, kt, kr = batch()
         ls = loss(x0, ref, torch.randint(0, 1000, (1,), generator=g), True, kt, kr)
         opt.zero_grad()
@@ -83,7 +104,8 @@ def run(objective: str, steps: int, eval_t: int, heads: int, seed: int = 0, part
         with_ref = sum(loss(x, r, t, True, kt, kr).item() for x, r, kt, kr in pairs) / len(pairs)
         without = sum(loss(x, r, t, False, kt, kr).item() for x, r, kt, kr in pairs) / len(pairs)
     return {"loss_with_reference": round(with_ref, 4), "loss_without_reference": round(without, 4),
-            "gain": round(1 - with_ref / without, 3), "seconds": round(time.time() - t0, 1)}
+            "gain": round(1 - with_ref / without, 3), "seconds": round(time.time() - t0, 1),
+            **({"gain_curve": curve} if eval_every else {})}
 
 
 def main():
@@ -95,9 +117,22 @@ def main():
                     help="colour parts per image (1: one colour, the original toy); each part's place is coded in the "
                          "input of both the target and the reference, its colour only in the reference")
     ap.add_argument("--objectives", nargs="+", default=["eps", "v"], choices=["eps", "v"])
+    ap.add_argument("--zero-snr", action="store_true",
+                    help="rescale the betas to zero terminal SNR, as the demo model's v runs train (v only): at high t the "
+                         "noisy input then leaks no colour, which with ordinary betas it still does (a band of 64 latent "
+                         "pixels averages the noise down enough to read its colour at t = 980)")
+    ap.add_argument("--attn-lr-mult", type=float, default=1.0,
+                    help="learning rate of the spatial self-attention layers as a multiple of the rest's (the demo "
+                         "training script's option of the same name)")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="also record the gain every this many steps on a fixed set (its own generator: the training "
+                         "draws and the final figures are unchanged)")
     a = ap.parse_args()
+    if a.zero_snr and "eps" in a.objectives:
+        ap.error("--zero-snr needs --objectives v (ε is undefined at zero SNR)")
     setup(models=False)
-    write_result("reference_learning", {"spec": vars(a), **{o: run(o, a.steps, a.eval_t, a.heads, parts=a.parts) for o in a.objectives}})
+    write_result("reference_learning", {"spec": vars(a), **{o: run(o, a.steps, a.eval_t, a.heads, parts=a.parts, zero_snr=a.zero_snr,
+                                                                   attn_lr_mult=a.attn_lr_mult, eval_every=a.eval_every) for o in a.objectives}})
 
 
 if __name__ == "__main__":

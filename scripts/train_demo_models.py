@@ -149,6 +149,12 @@ def main():
     ap.add_argument("--accumulate", type=int, default=1,
                     help="identities (clips, each with its own reference) per optimiser step, their gradients averaged: "
                          "less gradient noise on the reference signal, at that many times the time per step")
+    ap.add_argument("--probe-every", type=int, default=0,
+                    help="every this many UNet steps, log how much the reference lowers the loss at t = T - 1 (where "
+                         "only the reference can know the colours) on a fixed probe set of training-range clips: the "
+                         "person-weighted loss without the reference, with the same identity in another pose, with a "
+                         "stranger in that pose, and with one of the clip's own frames (train_log.json keeps the curve); "
+                         "0: off. Draws from its own generator, so the run is unchanged")
     ap.add_argument("--export-only", action="store_true",
                     help="write the models of the last checkpoint in --work (same arguments) without training further, "
                          "e.g. to evaluate a run half-way; train_log.json records the step")
@@ -299,7 +305,57 @@ def main():
         with torch.no_grad():
             return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
 
+    probe_set = None
+
+    def probe(step):
+        """Loss at t = T - 1 on a fixed probe set without the reference, with the clip's own identity, with a stranger's."""
+        nonlocal probe_set
+        if probe_set is None:
+            pg = torch.Generator().manual_seed(a.seed + 7)
+            probe_set = []
+            for _ in range(6):
+                n, s0, ids, bgs, other = (_draw_int(pg, N), _draw_int(pg, FRAMES - CLIP + 1), training_seed(pg),
+                                          training_seed(pg), training_seed(pg))
+                rn, rf = _draw_int(pg, N), _draw_int(pg, FRAMES)
+                x0 = encode(paint(geos[n], ids, bgs, list(range(s0, s0 + CLIP)))).permute(1, 0, 2, 3)[None]
+                person = torch.from_numpy(geos[n]["face_id"][s0:s0 + CLIP] >= 0).float()[:, None]
+                w = 1.0 + max(a.person_weight, 8.0) * F.avg_pool2d(person, SIZE // x0.shape[-1]).permute(1, 0, 2, 3)[None]
+                sf = s0 + len(probe_set) % CLIP  # a frame of the clip itself
+                refs = [(encode(paint(geos[b], who, bgs, [f])), b, f) for b, f, who in ((rn, rf, ids), (rn, rf, other), (n, sf, ids))]
+                probe_set.append((n, s0, x0, w, refs, torch.randn(x0.shape, generator=pg)))
+        t = torch.tensor([ddpm.config.num_train_timesteps - 1])
+        sums = [0.0] * 4
+        unet.eval()
+        with torch.no_grad():
+            for n, s0, x0, w, refs, noise in probe_set:
+                feat = pc({"skeleton": M[n, s0:s0 + CLIP].permute(0, 3, 1, 2),
+                           "smplx": S[n, s0:s0 + CLIP].permute(0, 3, 1, 2)}).permute(1, 0, 2, 3)[None]
+                target = ddpm.get_velocity(x0, noise, t) if a.prediction == "v_prediction" else noise
+                for j, r in enumerate([None] + refs):
+                    with reference_attention(unet, uncond="keep") as st:
+                        if r is None:
+                            st.mode = "off"
+                        else:
+                            ref, b, f = r
+                            if a.reference_pose:  # the reference's own pose, through the pose controller as it is now
+                                ref = ref + pc({"skeleton": M[b, f:f + 1].permute(0, 3, 1, 2),
+                                                "smplx": S[b, f:f + 1].permute(0, 3, 1, 2) if a.reference_render else None})
+                            write_reference(st, lambda: unet(ref[:, :, None], torch.zeros((), dtype=torch.long),
+                                                             encoder_hidden_states=ctx))
+                        st.frames = CLIP
+                        pred = unet(ddpm.add_noise(x0, noise, t) + feat, t, encoder_hidden_states=ctx.repeat(CLIP, 1, 1)).sample
+                    sums[j] += (((pred - target) ** 2 * w).mean() / w.mean()).item() / len(probe_set)
+        unet.train()
+        row = {"step": step, "loss_without": round(sums[0], 4), "loss_own": round(sums[1], 4),
+               "loss_stranger": round(sums[2], 4), "loss_own_same_clip": round(sums[3], 4),
+               "gain_own": round(1 - sums[1] / sums[0], 4), "gain_own_over_stranger": round(1 - sums[1] / sums[2], 4),
+               "gain_same_clip": round(1 - sums[3] / sums[0], 4)}
+        state.setdefault("probe", []).append(row)
+        print(f"probe {json.dumps(row)}", flush=True)
+
     unet.train()
+    if a.probe_every and not a.export_only and state["step"] == 0:
+        probe(0)
     for i in range(state["step"], state["step"] if a.export_only else a.steps):
         opt.zero_grad()
         total = 0.0
@@ -351,6 +407,8 @@ def main():
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        if a.probe_every and (i + 1) % a.probe_every == 0:
+            probe(i + 1)
         end_step("unet", i, a.steps, loss, "loss")
     unet.eval()
     out = a.out
@@ -388,7 +446,7 @@ def main():
            "same_frame_share": a.same_frame_share, "attn_lr_mult": a.attn_lr_mult,
            "smplx_render": a.smplx_render, "reference_render": a.reference_render, "accumulate": a.accumulate, "vae_from": a.vae_from, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
            "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],
-           "seconds_this_run": round(time.time() - t0, 1),
+           "seconds_this_run": round(time.time() - t0, 1), "probe": state.get("probe", []),
            "train_data": f"training range only (identity and sequence seeds < {EVAL_BASE}): {N} posed bodies (all motions), "
                          f"a new identity painted per step; skeleton and SMPL-X {a.smplx_render} renders (each dropped 25 %)"}
     with open(os.path.join(out, "train_log.json"), "w") as fh:

@@ -125,6 +125,16 @@ def test_reference_learning_smoke(tmp_path, parts):
         assert r[objective]["loss_with_reference"] > 0 and r[objective]["loss_without_reference"] > 0
 
 
+def test_reference_learning_zero_snr_curve_smoke(tmp_path):
+    """--zero-snr (v only), --attn-lr-mult and --eval-every: the gain curve has a row per eval step."""
+    _run(tmp_path, "reference_learning.py", "--steps", "3", "--parts", "2", "--objectives", "v", "--zero-snr",
+         "--eval-t", "999", "--attn-lr-mult", "10", "--eval-every", "2")
+    r = _result(tmp_path, "reference_learning")
+    assert r["spec"]["zero_snr"] and r["spec"]["attn_lr_mult"] == 10 and "eps" not in r
+    assert [row[0] for row in r["v"]["gain_curve"]] == [0, 2]
+    assert r["v"]["loss_without_reference"] > 0
+
+
 def test_svd_seams_reports_both_tilings_over_three_windows(tmp_path):
     _run(tmp_path, "svd_seams.py", "--frames", "13", "--window", "5", "--stride", "4", "--steps", "2", "--size", "32",
          "--seeds", "1")

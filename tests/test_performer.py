@@ -112,3 +112,34 @@ def test_identity_and_motion_metrics_tell_frozen_and_wrong_colours(wave):
     kw = dict(gt_mask=d["mask"], flow=d["flow"], valid=d["valid"])
     true, frozen = M.compute(d["rgb"], d["rgb"], **kw), M.compute(np.repeat(d["rgb"][:1], 16, 0), d["rgb"], **kw)
     assert frozen["flow_epe"] > 1.25 * true["flow_epe"], (frozen["flow_epe"], true["flow_epe"])
+
+
+def test_training_probe_logs_the_reference_gain_and_leaves_the_run_unchanged(tmp_path):
+    """scripts/train_demo_models.py --probe-every: rows of the reference's loss gain at t = T - 1 in train_log.json,
+    drawn from the probe's own generator, so the trained UNet is byte-identical to the run without the probe."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from host import REPO, guarded_env
+
+    base = ["--prediction", "v_prediction", "--zero-snr", "--reference-pose", "--pool", "2", "--vae-steps", "2",
+            "--steps", "3"]
+    weights = {}
+    for name, extra in (("plain", []), ("probe", ["--probe-every", "2"])):
+        log = tmp_path / f"netguard_{name}.log"
+        p = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train_demo_models.py"), *base, *extra,
+                            "--work", str(tmp_path / f"w_{name}"), "--out", str(tmp_path / f"o_{name}")], cwd=REPO,
+                           env=guarded_env(log, TRAIN_THREADS="1"), capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        assert not log.exists(), log.read_text()
+        with open(tmp_path / f"o_{name}" / "train_log.json") as fh:
+            weights[name] = (json.load(fh), (tmp_path / f"o_{name}" / "sd15" / "unet" /
+                                             "diffusion_pytorch_model.safetensors").read_bytes())
+    assert weights["plain"][0]["probe"] == []
+    rows = weights["probe"][0]["probe"]
+    assert [r["step"] for r in rows] == [0, 2]
+    assert all(r["loss_without"] > 0 and r["loss_own"] > 0 and r["loss_stranger"] > 0 and r["loss_own_same_clip"] > 0
+               for r in rows)
+    assert weights["plain"][1] == weights["probe"][1]
