@@ -136,6 +136,10 @@ def main():
                     help="learning rate of the spatial self-attention layers (the ones the reference is read by) as a "
                          "multiple of --lr: at this size their query/key weights otherwise stay near their initial scale, "
                          "so attention stays almost uniform and cannot pick the matching body part of the reference")
+    ap.add_argument("--vae-person-weight", type=float, default=0.0,
+                    help="weight the VAE's L1 on the person's pixels by 1 + this: unweighted, a 4x VAE at 64 px spends "
+                         "its 4 channels on the background and blurs thin limbs into it, so its round trip alone loses "
+                         "much of the clothes' colour (benchmarks/vae_floor.py measures this floor)")
     ap.add_argument("--vae-from", default=None,
                     help="a checkpoint.pt of an earlier run with the same --pool, --vae-steps and --seed: its finished VAE "
                          "stage (which depends on nothing else) is taken instead of training it again, and the UNet stage "
@@ -189,6 +193,8 @@ def main():
     if a.zero_snr and a.prediction != "v_prediction":
         ap.error("--zero-snr needs --prediction v_prediction (ε is undefined at zero SNR)")
     vae_key = {k: getattr(a, k) for k in ("pool", "vae_steps", "seed")}
+    if a.vae_person_weight:  # only when set, so earlier checkpoints still resume
+        vae_key["vae_person_weight"] = a.vae_person_weight
     args_key = {**vae_key, **{k: getattr(a, k) for k in ("steps", "lr", "heads", "prediction", "zero_snr", "reference_pose",
                                                         "person_weight", "high_t_share", "same_frame_share",
                                                         "attn_lr_mult")}}
@@ -258,9 +264,11 @@ def main():
     if state["stage"] == "vae" and a.vae_from:
         ck = torch.load(a.vae_from, weights_only=True)
         done = json.loads(ck["state"])
-        if {k: json.loads(ck["args"]).get(k) for k in vae_key} != vae_key or done["stage"] != "unet":
+        made = json.loads(ck["args"])
+        if ({k: made.get(k) for k in vae_key} != vae_key or made.get("vae_person_weight", 0.0) != a.vae_person_weight
+                or done["stage"] != "unet"):
             ap.error(f"--vae-from {a.vae_from}: not a finished VAE stage with --pool {a.pool} --vae-steps {a.vae_steps} "
-                     f"--seed {a.seed}")
+                     f"--seed {a.seed} --vae-person-weight {a.vae_person_weight}")
         vae.load_state_dict(ck["vae"])
         state.update(stage="unet", step=0, scaling=done["scaling"], vae_loss=done["vae_loss"])
         print(f"VAE stage taken from {a.vae_from}", flush=True)
@@ -269,10 +277,19 @@ def main():
 
     if state["stage"] == "vae":
         for i in range(state["step"], a.vae_steps):
-            x = torch.cat([paint(geos[_draw_int(g, N)], training_seed(g), training_seed(g), [_draw_int(g, FRAMES)]) for _ in range(16)])
+            xs, people = [], []
+            for _ in range(16):  # (the draws in the order of the single expression that made the shipped model)
+                n, ids, bgs, f = _draw_int(g, N), training_seed(g), training_seed(g), _draw_int(g, FRAMES)
+                xs.append(paint(geos[n], ids, bgs, [f]))
+                people.append(torch.from_numpy(geos[n]["face_id"][f:f + 1] >= 0).float()[:, None])
+            x = torch.cat(xs)
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample(generator=g)).sample
-            loss = F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
+            if a.vae_person_weight:  # L1 with the person's pixels weighted 1 + this
+                w = 1.0 + a.vae_person_weight * torch.cat(people)
+                loss = ((rec - x).abs() * w).mean() / w.mean() + 1e-6 * post.kl().mean()
+            else:
+                loss = F.l1_loss(rec, x) + 1e-6 * post.kl().mean()
             vae_opt.zero_grad()
             loss.backward()
             vae_opt.step()
@@ -444,7 +461,7 @@ def main():
     log = {"steps_done": state["step"], "seed": a.seed, "heads": a.heads, "prediction": a.prediction, "zero_snr": a.zero_snr,
            "reference_pose": a.reference_pose, "person_weight": a.person_weight, "high_t_share": a.high_t_share,
            "same_frame_share": a.same_frame_share, "attn_lr_mult": a.attn_lr_mult,
-           "smplx_render": a.smplx_render, "reference_render": a.reference_render, "accumulate": a.accumulate, "vae_from": a.vae_from, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
+           "smplx_render": a.smplx_render, "reference_render": a.reference_render, "accumulate": a.accumulate, "vae_person_weight": a.vae_person_weight, "vae_from": a.vae_from, "size": SIZE, "frames": FRAMES, "pool": N, "vae_steps": a.vae_steps, "steps": a.steps, "lr": a.lr,
            "lr_schedule": "100-step warm-up, cosine to 0", "vae_final_l1": state["vae_loss"], "unet_final_loss": state["loss"],
            "seconds_this_run": round(time.time() - t0, 1), "probe": state.get("probe", []),
            "train_data": f"training range only (identity and sequence seeds < {EVAL_BASE}): {N} posed bodies (all motions), "

@@ -143,3 +143,10 @@ def test_svd_seams_reports_both_tilings_over_three_windows(tmp_path):
     row = r["seeds"][0]
     assert row["plain"] > 0 and row["anchored"] > 0 and row["plain_boundaries"] and row["anchored_boundaries"]
     assert r["mean_plain"] == row["plain"] and r["mean_anchored"] == row["anchored"]
+
+
+def test_vae_floor_scores_the_round_trip(tmp_path):
+    _run(tmp_path, "vae_floor.py", "--frames", "2", "--performers", "1")
+    r = _result(tmp_path, "vae_floor")
+    assert len(r["performers"]) == 1 and r["performers"][0]["seed"] >= 1_000_000
+    assert 10 < r["mean_psnr"] < 60 and 0 < r["mean_part_colour"] < 1
