@@ -322,6 +322,12 @@ def main():
         with torch.no_grad():
             return vae.encode(x).latent_dist.mean * vae.config.scaling_factor
 
+    def reference_pose(b, f):
+        """The reference's own skeleton (and with --reference-render its render) through the pose controller, as
+        Encode Reference's pose input adds it at sampling."""
+        return pc({"skeleton": M[b, f:f + 1].permute(0, 3, 1, 2),
+                   "smplx": S[b, f:f + 1].permute(0, 3, 1, 2) if a.reference_render else None})
+
     probe_set = None
 
     def probe(step):
@@ -354,9 +360,8 @@ def main():
                             st.mode = "off"
                         else:
                             ref, b, f = r
-                            if a.reference_pose:  # the reference's own pose, through the pose controller as it is now
-                                ref = ref + pc({"skeleton": M[b, f:f + 1].permute(0, 3, 1, 2),
-                                                "smplx": S[b, f:f + 1].permute(0, 3, 1, 2) if a.reference_render else None})
+                            if a.reference_pose:  # through the pose controller as it is now
+                                ref = ref + reference_pose(b, f)
                             write_reference(st, lambda: unet(ref[:, :, None], torch.zeros((), dtype=torch.long),
                                                              encoder_hidden_states=ctx))
                         st.frames = CLIP
@@ -390,9 +395,8 @@ def main():
             if a.same_frame_share and bool(torch.rand(1, generator=g) < a.same_frame_share):
                 rn, rf = n, s0 + _draw_int(g, CLIP)
             ref = encode(paint(geos[rn], ids, bgs, [rf]))
-            if a.reference_pose:  # the reference's own skeleton, as Encode Reference's pose input adds it at sampling
-                ref = ref + pc({"skeleton": M[rn, rf:rf + 1].permute(0, 3, 1, 2),
-                                "smplx": S[rn, rf:rf + 1].permute(0, 3, 1, 2) if a.reference_render else None})
+            if a.reference_pose:
+                ref = ref + reference_pose(rn, rf)
             noise = torch.randn(x0.shape, generator=g)
             # (the seed + 1 stream of --vae-from always draws this coin; a run from scratch only when the share is set, so
             # the defaults keep the draws that made the shipped model)
