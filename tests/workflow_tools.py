@@ -153,11 +153,19 @@ REAL_SIZE_ONLY = {
 }
 
 
+_NO_PACK_PREVIEW = (
+    "it has no preview node of the pack (core nodes save its frames); what the Run button would queue is the "
+    "frontend's own conversion, which test_frontend_conversion_matches_api_twin checks equal to the API twin, and the "
+    "test host runs that twin (tests/test_host.py)")
+
 # Workflows the browser test loads, checks and converts but does not queue, with the reason; the API tests run them.
 BROWSER_NO_RUN = {
     "performer_native_mimicmotion": (
         "its SVD-xt UNet carries 1.5 B MimicMotion weight patches at its one real size and it has no preview node; the "
         "test host runs it through the API (tests/test_host.py, tests/test_released_mimicmotion_unet.py)"),
+    "performer_native_ade_reference": _NO_PACK_PREVIEW,
+    "performer_native_sd15_reference": _NO_PACK_PREVIEW,
+    "performer_native_svd_reference_pose": _NO_PACK_PREVIEW,
 }
 
 
