@@ -2,7 +2,10 @@
 
 tests/browser/run.mjs opens the frontend the host serves, loads every bundled workflow from the template browser,
 checks the DOM, queues it with the Run button, waits for success, exercises the preview widgets and converts the
-workflow to API format with the frontend's own ``graphToPrompt``.  This test checks what it recorded.
+workflow to API format with the frontend's own ``graphToPrompt``.  This test checks what it recorded.  The workflows in
+``workflow_tools.BROWSER_NO_RUN`` are loaded, checked and converted but not queued, each for the reason given there:
+every preview kind they hold is shown by a workflow that is queued (checked below), and the test host runs their API
+twins.
 
 Needs /usr/bin/chromium and tests/browser/node_modules (scripts/setup_browser.sh, run by `make test`).  Screenshots go
 to out/browser/; with PERFORMER_UPDATE_SCREENSHOTS=1 they also become docs/screenshots/*.jpg and the template
@@ -111,6 +114,20 @@ def test_workflow_from_template_browser_runs(browser_run, name):
     if "jointClick" in r:
         assert r["scrub"]["frame"] == r["scrub"]["last"]
         assert f"#{r['jointClick']['expected']} " in r["jointClick"]["shown"] and "confidence" in r["jointClick"]["shown"]
+
+
+def test_every_preview_kind_of_the_bundled_workflows_is_shown_in_the_browser(browser_run):
+    """The workflows in BROWSER_NO_RUN are loaded, checked and converted, not queued: every node type with a preview
+    widget that any bundled workflow holds sent a preview, and showed it, in a workflow the browser did queue."""
+    want, shown = set(), set()
+    for name in NAMES:
+        types = {str(n["id"]): n["type"] for n in json.load(open(os.path.join(REPO, "workflows", f"{name}.json")))["nodes"]}
+        want |= {t for t in types.values() if t in PREVIEW_NODES}
+        r = browser_run["workflows"][name]
+        if r["status"] == "execution_success":
+            visible = {p["node"] for p in r["previews"] if p["visible"] and (p["frames"] > 0 or p["metricsRows"] > 0)}
+            shown |= {types[nid] for nid in r["previewed"] if nid in visible}
+    assert want and want <= shown, f"preview kinds never shown in the browser: {sorted(want - shown)}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -166,6 +166,15 @@ BROWSER_NO_RUN = {
     "performer_native_ade_reference": _NO_PACK_PREVIEW,
     "performer_native_sd15_reference": _NO_PACK_PREVIEW,
     "performer_native_svd_reference_pose": _NO_PACK_PREVIEW,
+    # every kind of preview these show is shown by a workflow the browser runs
+    # (tests/test_browser.py::test_every_preview_kind_of_the_bundled_workflows_is_shown_in_the_browser); the test host
+    # runs their API twins, which is what their Run button would queue
+    "performer_animatediff_reference_controlnet": "its one preview kind (Animate) is shown by performer_demo_synthetic",
+    "performer_svd_posecontroller_identity": "its one preview kind (Animate) is shown by performer_demo_synthetic",
+    "performer_body_from_poses": "its preview kinds (Load Pose, Render Body) are shown by performer_demo_synthetic and "
+                                 "performer_ivr_refine",
+    "performer_pose_retarget": "its preview kinds (Load Pose, Clean Pose, Draw Pose, Retarget Pose) are shown by "
+                               "performer_pose_extract_retarget and performer_ivr_refine",
 }
 
 
