@@ -1,6 +1,8 @@
 """The synthetic-performer ablation: does each method in the pack improve the result?  (issue: synthetic performer)
 
     .venv/bin/python benchmarks/performer.py [--seed 1000021 --character 1000007 --motion walk --cross-motion dance --seeds 0 1]
+    … --rows 1-3 --reference-pose on --reference-render --smplx-render semantic --guidance skeleton+smplx   (rows 1-3 of a
+    model trained with --reference-pose --reference-render --smplx-render semantic, guided as it was trained)
 
 Data (models/evaluate/performer.py, a seed and a spec → ground truth): one performer from the generator's evaluation range
 (identity and sequence seeds >= EVAL_BASE; the demo model trained only below it, so identity, background and motion
@@ -97,8 +99,22 @@ def main():
                     help="give the reference photo its own skeleton map (Encode Reference's pose input, SCD's pose "
                          "injection): on for models trained with scripts/train_demo_models.py --reference-pose; the "
                          "shipped demo model was trained without it")
+    ap.add_argument("--smplx-render", choices=["normal", "semantic"], default="normal",
+                    help="the kind of SMPL-X render the pose controller gets (Render Body's outputs): semantic for models "
+                         "trained with scripts/train_demo_models.py --smplx-render semantic")
+    ap.add_argument("--guidance", choices=["skeleton", "skeleton+smplx"], default="skeleton",
+                    help="what rows 1 and 2 are guided by; skeleton+smplx gives them the SMPL-X renders too (row 3 is "
+                         "then row 2 and is left out)")
+    ap.add_argument("--reference-render", action="store_true",
+                    help="the reference photo also carries its own SMPL-X render (Encode Reference's pose_render; needs "
+                         "--reference-pose on), for models trained with --reference-render")
+    ap.add_argument("--rows", choices=["all", "1-3"], default="all",
+                    help="1-3: the baselines and rows 1-3 only (no personalisation, PoseCrafter or IVR), minutes instead "
+                         "of an hour")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
     a = ap.parse_args()
+    if a.reference_render and a.reference_pose == "off":
+        ap.error("--reference-render needs --reference-pose on")
 
     import sys
 
@@ -117,7 +133,7 @@ def main():
     from performer_pkg.models.posecrafter.personalise import TrainSettings, personalise
     from performer_pkg.models.pose.sequence import draw
     from performer_pkg.models.posecrafter.inference import PoseCrafterSettings, posecrafter
-    from performer_pkg.models.body.render import render_normals
+    from performer_pkg.models.body.render import render_maps
     from performer_pkg.models.sampling.sampler import (VideoSettings, decode_latents, encode_reference, encode_video,
                                                sample_video)
 
@@ -146,12 +162,14 @@ def main():
     for g in seqs.values():
         g["skeleton"] = torch.from_numpy(draw(g["pose"], S, S, stick_width=1)).float() / 255
         shaped = transfer_shape(g["body"], ref_body)  # the target bodies with the reference person's shape
-        g["smplx"] = torch.from_numpy(render_normals(shaped, bm, S, S)).float() / 255
+        g["smplx"] = torch.from_numpy(render_maps(shaped, bm, S, S, a.smplx_render)).float() / 255
 
     base = load_demo_pipe(a.models)
     ref_pose = None if a.reference_pose == "off" else \
         torch.from_numpy(draw(train_pose.copy(keypoints=train_pose.keypoints[:1]), S, S, stick_width=1)).float() / 255
-    ref = encode_reference(base, ref_img, noise_aug=0.0, face="off", pose=ref_pose)
+    ref_render = torch.from_numpy(render_maps(ref_body, bm, S, S, a.smplx_render)).float() / 255 \
+        if a.reference_render else None
+    ref = encode_reference(base, ref_img, noise_aug=0.0, face="off", pose=ref_pose, pose_render=ref_render)
 
     def score(video, g):
         v = video.detach().float().clamp(0, 1).cpu().numpy()
@@ -184,56 +202,60 @@ def main():
     for seq, g in seqs.items():
         for seed in a.seeds:
             s = settings(g, seed)
-            for key, kw in (("1", dict(use_reference_attention=False)), ("2", dict()), ("3", dict(smplx=g["smplx"]))):
+            variants = (("1", dict(use_reference_attention=False)), ("2", dict()), ("3", dict(smplx=g["smplx"])))
+            if a.guidance == "skeleton+smplx":  # rows 1 and 2 get the renders too, so row 3 would be row 2
+                variants = tuple((k, {**kw, "smplx": g["smplx"]}) for k, kw in variants[:2])
+            for key, kw in variants:
                 t0 = time.time()
                 lat = sample_video(base, s, ref, skeleton=g["skeleton"], **kw)
                 record(key, seq, seed, decode_latents(base, lat), t0)
 
-    print(f"one-shot personalisation on {n_train} frames ({a.personalise_steps} steps)", flush=True)
-    t0 = time.time()
-    train_maps = torch.from_numpy(draw(train_pose, S, S, stick_width=1)).float() / 255
-    _, pers = personalise(base, train_rgb, TrainSettings(steps=a.personalise_steps, lr=a.personalise_lr, seed=0),
-                          skeleton=train_maps)
-    timings["personalise"] = time.time() - t0
+    if a.rows == "all":  # rows 4 and 5
+        print(f"one-shot personalisation on {n_train} frames ({a.personalise_steps} steps)", flush=True)
+        t0 = time.time()
+        train_maps = torch.from_numpy(draw(train_pose, S, S, stick_width=1)).float() / 255
+        _, pers = personalise(base, train_rgb, TrainSettings(steps=a.personalise_steps, lr=a.personalise_lr, seed=0),
+                              skeleton=train_maps)
+        timings["personalise"] = time.time() - t0
 
-    pc_steps = {"4a": dict(select=True, invert=True, insert=False, edit=False),
-                "4b": dict(select=True, invert=True, insert=True, edit=False),
-                "4c": dict(select=True, invert=True, insert=True, edit=True)}
-    for seq, g in seqs.items():
-        for seed in a.seeds:
-            t0 = time.time()
-            lat = sample_video(pers, settings(g, seed), None, skeleton=g["skeleton"], use_reference_attention=False)
-            record("4", seq, seed, decode_latents(pers, lat), t0)
-            for key, kw in pc_steps.items():
+        pc_steps = {"4a": dict(select=True, invert=True, insert=False, edit=False),
+                    "4b": dict(select=True, invert=True, insert=True, edit=False),
+                    "4c": dict(select=True, invert=True, insert=True, edit=True)}
+        for seq, g in seqs.items():
+            for seed in a.seeds:
                 t0 = time.time()
-                lat, _ = posecrafter(pers, train_rgb, train_pose, g["pose"],
-                                     PoseCrafterSettings(steps=a.steps, cfg=1.0, seed=seed, stick_width=1, **kw))
-                record(key, seq, seed, decode_latents(pers, lat), t0)
+                lat = sample_video(pers, settings(g, seed), None, skeleton=g["skeleton"], use_reference_attention=False)
+                record("4", seq, seed, decode_latents(pers, lat), t0)
+                for key, kw in pc_steps.items():
+                    t0 = time.time()
+                    lat, _ = posecrafter(pers, train_rgb, train_pose, g["pose"],
+                                         PoseCrafterSettings(steps=a.steps, cfg=1.0, seed=seed, stick_width=1, **kw))
+                    record(key, seq, seed, decode_latents(pers, lat), t0)
 
-    print("DiffPerformer IVR loop", flush=True)
-    ls = LoopSettings(total_steps=a.ivr_steps, refresh_every=a.ivr_refresh, strength_start=0.5, strength_end=0.2)
-    for seq, g in seqs.items():
-        flow = {"flow": torch.from_numpy(g["flow"]).float(), "valid": torch.from_numpy(g["valid"])}
-        for i, seed in enumerate(a.seeds):
-            start = videos[seq]["4"][i]
+        print("DiffPerformer IVR loop", flush=True)
+        ls = LoopSettings(total_steps=a.ivr_steps, refresh_every=a.ivr_refresh, strength_start=0.5, strength_end=0.2)
+        for seq, g in seqs.items():
+            flow = {"flow": torch.from_numpy(g["flow"]).float(), "valid": torch.from_numpy(g["valid"])}
+            for i, seed in enumerate(a.seeds):
+                start = videos[seq]["4"][i]
 
-            def regenerate(vs, strength, r, g=g, seed=seed):
-                s = settings(g, seed + 100 * (r + 1))
-                s.denoise = strength
-                lat = sample_video(pers, s, None, skeleton=g["skeleton"], init_latents=encode_video(pers, vs),
-                                   use_reference_attention=False)
-                return decode_latents(pers, lat)
+                def regenerate(vs, strength, r, g=g, seed=seed):
+                    s = settings(g, seed + 100 * (r + 1))
+                    s.denoise = strength
+                    lat = sample_video(pers, s, None, skeleton=g["skeleton"], init_latents=encode_video(pers, vs),
+                                       use_reference_attention=False)
+                    return decode_latents(pers, lat)
 
-            for key, fl in (("5a", None), ("5b", flow)):
-                t0 = time.time()
-                torch.manual_seed(seed)
-                vp, _, _, _ = refine_loop(start.clone(), regenerate, ls, flow=fl, reference=ref_img,
-                                          cfg=IVRConfig(seed=seed), device=pers.device)
-                record(key, seq, seed, vp, t0)
+                for key, fl in (("5a", None), ("5b", flow)):
+                    t0 = time.time()
+                    torch.manual_seed(seed)
+                    vp, _, _, _ = refine_loop(start.clone(), regenerate, ls, flow=fl, reference=ref_img,
+                                              cfg=IVRConfig(seed=seed), device=pers.device)
+                    record(key, seq, seed, vp, t0)
 
     mean = {k: {seq: {c: float(np.mean([m[c] for m in ms if c in m])) for c in ms[0]} for seq, ms in v.items()}
             for k, v in results.items()}
-    out_dir = os.path.join(REPO, "out", "benchmarks")
+    out_dir = os.environ.get("BENCH_OUT") or os.path.join(REPO, "out", "benchmarks")  # as write_result
     os.makedirs(out_dir, exist_ok=True)
     for seq in seqs:
         rows = {"ground truth": seqs[seq]["rgb"], **{k: videos[seq][k][0].numpy() for k, _ in ROWS if k in videos[seq]}}
@@ -246,7 +268,8 @@ def main():
             "noise": a.noise,
             "cross_motion": a.cross_motion, "frames": a.frames, "train_frames": n_train, "size": S, "steps": a.steps,
             "seeds": a.seeds, "personalise_steps": a.personalise_steps, "personalise_lr": a.personalise_lr,
-            "ivr_steps": a.ivr_steps, "ivr_refresh": a.ivr_refresh, "threads": a.threads}
+            "ivr_steps": a.ivr_steps, "ivr_refresh": a.ivr_refresh, "threads": a.threads, "reference_pose": a.reference_pose,
+            "reference_render": a.reference_render, "smplx_render": a.smplx_render, "guidance": a.guidance, "rows": a.rows}
     write_result("performer", {"spec": spec, "mean": mean, "per_seed": results, "seconds": {k: round(v, 1) for k, v in timings.items()},
                                "total_seconds": round(time.time() - t_start, 1), "tables": tables})
     for seq, t in tables.items():

@@ -150,3 +150,20 @@ def test_vae_floor_scores_the_round_trip(tmp_path):
     r = _result(tmp_path, "vae_floor")
     assert len(r["performers"]) == 1 and r["performers"][0]["seed"] >= 1_000_000
     assert 10 < r["mean_psnr"] < 60 and 0 < r["mean_part_colour"] < 1
+
+
+def test_performer_rows_1_to_3_with_semantic_guidance_and_the_reference_render(tmp_path):
+    """benchmarks/performer.py --rows 1-3: the baselines and rows 1-2 only, both guided by skeletons and semantic
+    SMPL-X renders (row 3 would repeat row 2), the reference carrying its own skeleton and render; on the shipped
+    demo model at a toy size."""
+    _run(tmp_path, "performer.py", "--rows", "1-3", "--frames", "10", "--steps", "2", "--seeds", "0",
+         "--reference-pose", "on", "--reference-render", "--smplx-render", "semantic", "--guidance", "skeleton+smplx")
+    r = _result(tmp_path, "performer")
+    assert sorted(r["mean"]) == ["1", "2", "frozen", "gt+noise"]
+    for seq in ("held-out 20 %", "cross-motion"):
+        one, two = r["mean"]["1"][seq], r["mean"]["2"][seq]
+        assert one["psnr"] > 0 and two["part_colour"] > 0 and one != two  # the reference attention changed the video
+        assert r["mean"]["frozen"][seq]["flow_epe"] > 0
+    assert (r["spec"]["smplx_render"], r["spec"]["guidance"], r["spec"]["reference_render"]) == \
+        ("semantic", "skeleton+smplx", True)
+    assert (tmp_path / "performer_held_out.png").exists() and (tmp_path / "performer_cross_motion.png").exists()
