@@ -90,6 +90,11 @@ def test_extension_loads_and_thumbnails_show(browser_run):
         assert t and (t["w"], t["h"]) == (512, 320), (name, t)
 
 
+def _shows_something(preview):
+    """A preview widget the browser recorded is on screen with frames or a metrics table."""
+    return preview["visible"] and (preview["frames"] > 0 or preview["metricsRows"] > 0)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_workflow_from_template_browser_runs(browser_run, name):
     r = browser_run["workflows"][name]
@@ -110,7 +115,7 @@ def test_workflow_from_template_browser_runs(browser_run, name):
     assert want <= set(shown), f"no preview widget on nodes {sorted(want - set(shown))}"
     for nid in want:
         p = shown[nid]
-        assert p["visible"] and (p["frames"] > 0 or p["metricsRows"] > 0), (nid, types[nid], p)
+        assert _shows_something(p), (nid, types[nid], p)
     if "jointClick" in r:
         assert r["scrub"]["frame"] == r["scrub"]["last"]
         assert f"#{r['jointClick']['expected']} " in r["jointClick"]["shown"] and "confidence" in r["jointClick"]["shown"]
@@ -125,7 +130,7 @@ def test_every_preview_kind_of_the_bundled_workflows_is_shown_in_the_browser(bro
         want |= {t for t in types.values() if t in PREVIEW_NODES}
         r = browser_run["workflows"][name]
         if r["status"] == "execution_success":
-            visible = {p["node"] for p in r["previews"] if p["visible"] and (p["frames"] > 0 or p["metricsRows"] > 0)}
+            visible = {p["node"] for p in r["previews"] if _shows_something(p)}
             shown |= {types[nid] for nid in r["previewed"] if nid in visible}
     assert want and want <= shown, f"preview kinds never shown in the browser: {sorted(want - shown)}"
 
