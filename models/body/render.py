@@ -233,11 +233,27 @@ def human_flow(camera, verts0: np.ndarray, verts1: np.ndarray, faces: np.ndarray
     bary = surface_points(camera, verts0, faces, face_id0)
     ys, xs = np.nonzero(face_id0 >= 0)
     f = faces[face_id0[ys, xs]]
+    # A pixel whose id was filled from a neighbour (a multisampled id render blends small triangles' colours; at 64 px
+    # most of a body's pixels) has a ray that misses its triangle, and its barycentrics extrapolate the triangle's
+    # plane and motion.  Near the triangle that is the better estimate (lower warping error than its nearest point),
+    # but far outside it the point can land metres away, even behind the camera: a pixel whose extrapolated point is
+    # more than 16 pixels' width from its triangle takes the motion of the triangle's nearest point (in barycentric
+    # terms), from where that point is in frame n.
     b = bary[ys, xs]
+    uv0 = np.stack([xs + 0.5, ys + 0.5], 1).astype(np.float64)
+    P0 = (verts0[f] * b[..., None]).sum(1)
     P1 = (verts1[f] * b[..., None]).sum(1)
+    centre = verts0[f].mean(1)
+    pixel = np.abs(centre[:, 2]) / camera.fx  # a pixel's width at the triangle's depth
+    far = np.linalg.norm(P0 - centre, axis=1) > 16 * pixel
+    if far.any():
+        bc = np.clip(b[far], 0.0, None)
+        bc = bc / np.maximum(bc.sum(1, keepdims=True), 1e-12)
+        uv0[far] = camera.project((verts0[f[far]] * bc[..., None]).sum(1))
+        P1[far] = (verts1[f[far]] * bc[..., None]).sum(1)
     uv1 = camera.project(P1)
     flow = np.zeros((H, W, 2), np.float32)
-    flow[ys, xs] = uv1 - np.stack([xs + 0.5, ys + 0.5], 1)
+    flow[ys, xs] = uv1 - uv0
     valid = np.zeros((H, W), bool)
     xi, yi = np.floor(uv1[:, 0]).astype(int), np.floor(uv1[:, 1]).astype(int)
     inside = (xi >= 0) & (yi >= 0) & (xi < W) & (yi < H)
