@@ -108,9 +108,13 @@ def main():
     ap.add_argument("--reference-render", action="store_true",
                     help="the reference photo also carries its own SMPL-X render (Encode Reference's pose_render; needs "
                          "--reference-pose on), for models trained with --reference-render")
-    ap.add_argument("--rows", choices=["all", "1-3"], default="all",
+    ap.add_argument("--rows", choices=["all", "1-3", "baselines"], default="all",
                     help="1-3: the baselines and rows 1-3 only (no personalisation, PoseCrafter or IVR), minutes instead "
-                         "of an hour")
+                         "of an hour; baselines: ground truth + noise and the frozen video only (seconds, no model: how "
+                         "much a spec's sequences move)")
+    ap.add_argument("--cfg", type=float, default=1.0,
+                    help="guidance scale of every row; above 1 the unconditional branch of the reference rows drops the "
+                         "reference (Sampler Options' reference_uncond)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
     a = ap.parse_args()
     if a.reference_render and a.reference_pose == "off":
@@ -164,12 +168,12 @@ def main():
         shaped = transfer_shape(g["body"], ref_body)  # the target bodies with the reference person's shape
         g["smplx"] = torch.from_numpy(render_maps(shaped, bm, S, S, a.smplx_render)).float() / 255
 
-    base = load_demo_pipe(a.models)
+    base = load_demo_pipe(a.models) if a.rows != "baselines" else None
     ref_pose = None if a.reference_pose == "off" else \
         torch.from_numpy(draw(train_pose.copy(keypoints=train_pose.keypoints[:1]), S, S, stick_width=1)).float() / 255
     ref_render = torch.from_numpy(render_maps(ref_body, bm, S, S, a.smplx_render)).float() / 255 \
         if a.reference_render else None
-    ref = encode_reference(base, ref_img, noise_aug=0.0, face="off", pose=ref_pose, pose_render=ref_render)
+    ref = None if base is None else encode_reference(base, ref_img, noise_aug=0.0, face="off", pose=ref_pose, pose_render=ref_render)
 
     def score(video, g):
         v = video.detach().float().clamp(0, 1).cpu().numpy()
@@ -178,7 +182,7 @@ def main():
 
     def settings(g, seed):
         n = g["rgb"].shape[0]
-        return VideoSettings(frames=n, width=S, height=S, steps=a.steps, cfg=1.0, seed=seed, window=16, stride=8)
+        return VideoSettings(frames=n, width=S, height=S, steps=a.steps, cfg=a.cfg, seed=seed, window=16, stride=8)
 
     results, videos, timings = {}, {}, {}
 
@@ -199,7 +203,7 @@ def main():
             record("frozen", seq, seed, gt[:1].expand_as(gt).clone(), time.time())
 
     print("rows 1-3 (base model)", flush=True)
-    for seq, g in seqs.items():
+    for seq, g in (seqs.items() if base is not None else ()):
         for seed in a.seeds:
             s = settings(g, seed)
             variants = (("1", dict(use_reference_attention=False)), ("2", dict()), ("3", dict(smplx=g["smplx"])))
@@ -269,7 +273,8 @@ def main():
             "cross_motion": a.cross_motion, "frames": a.frames, "train_frames": n_train, "size": S, "steps": a.steps,
             "seeds": a.seeds, "personalise_steps": a.personalise_steps, "personalise_lr": a.personalise_lr,
             "ivr_steps": a.ivr_steps, "ivr_refresh": a.ivr_refresh, "threads": a.threads, "reference_pose": a.reference_pose,
-            "reference_render": a.reference_render, "smplx_render": a.smplx_render, "guidance": a.guidance, "rows": a.rows}
+            "reference_render": a.reference_render, "smplx_render": a.smplx_render, "guidance": a.guidance, "rows": a.rows,
+            "cfg": a.cfg}
     write_result("performer", {"spec": spec, "mean": mean, "per_seed": results, "seconds": {k: round(v, 1) for k, v in timings.items()},
                                "total_seconds": round(time.time() - t_start, 1), "tables": tables})
     for seq, t in tables.items():
