@@ -25,16 +25,20 @@ class PerformerEncodeReference(io.ComfyNode):
                                tooltip="auto: embed the face when found; require: error if no face; off: no face tokens."),
                 io.Image.Input("pose", optional=True,
                                tooltip="Optional skeleton map of the reference's own pose, injected in the reference pass (SCD)."),
+                io.Image.Input("smplx", optional=True,
+                               tooltip="Optional SMPL-X render of the reference's own body (Render Body, the same kind "
+                                       "as Animate's smplx), injected in the reference pass with the pose. Needs a pose "
+                                       "controller with an SMPL-X encoder; the demo model was trained with both."),
             ],
             outputs=[REFERENCE.Output(display_name="reference", tooltip="The encoded reference, for Animate.")],
         )
 
     @classmethod
     @uses_pipe  # loaded through ComfyUI's model management; offloaded after if Load Backbone says so
-    def execute(cls, pipe, image, noise_aug, face, pose=None) -> io.NodeOutput:
+    def execute(cls, pipe, image, noise_aug, face, pose=None, smplx=None) -> io.NodeOutput:
         from ..models.sampling.sampler import encode_reference
 
-        return io.NodeOutput(encode_reference(pipe, image, noise_aug=noise_aug, face=face, pose=pose))
+        return io.NodeOutput(encode_reference(pipe, image, noise_aug=noise_aug, face=face, pose=pose, pose_render=smplx))
 
 
 NODES = [PerformerEncodeReference]

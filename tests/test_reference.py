@@ -516,3 +516,9 @@ def test_reference_pose_render_enters_the_reference_pass(ad):
     assert torch.equal(sample_video(bb, off, both, skeleton=sk, smplx=sm), sample_video(bb, off, with_sk, skeleton=sk, smplx=sm))
     with pytest.raises(BadInputError, match="reference SMPL-X render"):
         encode_reference(bb, _img(), pose_render=torch.rand(1, 16, SIZE, 3))
+    # no silent no-op: the reference's maps need the pipe's pose controller, with an encoder of their kind
+    with pytest.raises(BadInputError, match="pose_render go through the pipe's pose controller, but this pipe has none"):
+        encode_reference(ad, _img(), pose_render=ref_sm)
+    skel_only = ad.with_parts(pose_controller=tm.tiny_pose_controller(downsample=ad.vae_scale_factor, kinds=("skeleton",)))
+    with pytest.raises(BadInputError, match="needs the pose controller's 'smplx' encoder"):
+        encode_reference(skel_only, _img(), pose=sk[:1], pose_render=ref_sm)

@@ -596,12 +596,12 @@ def build_models_tree(root: str) -> Dict[str, str]:
     return paths
 
 
-def tiny_pose_controller(seed=11, downsample=2):
+def tiny_pose_controller(seed=11, downsample=2, kinds=None):
     """A pose controller whose zero conv has been 'trained' a little (random small weights) so it acts."""
-    from performer_pkg.models.guidance.pose_controller import PoseController
+    from performer_pkg.models.guidance.pose_controller import KINDS, PoseController
 
     torch.manual_seed(seed)
-    pc = PoseController(latent_channels=4, downsample=downsample, channels=(8, 16), heads=2)
+    pc = PoseController(latent_channels=4, downsample=downsample, channels=(8, 16), heads=2, kinds=kinds or KINDS)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for enc in pc.encoders.values():

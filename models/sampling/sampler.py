@@ -143,6 +143,17 @@ def encode_reference(bb, image: torch.Tensor, noise_aug: float = 0.02, seed: int
     if pose is not None or pose_render is not None:
         from ..guidance.pose_controller import maps_to_tensor
 
+        pc = getattr(bb, "pose_controller", None)
+        given = [n for n, x, k in (("pose", pose, "skeleton"), ("pose_render", pose_render, "smplx")) if x is not None]
+        if pc is None:
+            raise BadInputError(f"The reference's {' and '.join(given)} go through the pipe's pose controller, but this "
+                                "pipe has none: add one with Add Pose Controller before Encode Reference, or leave "
+                                f"{' and '.join(given)} unconnected.")
+        for n, x, k in (("pose", pose, "skeleton"), ("pose_render", pose_render, "smplx")):
+            if x is not None and k not in pc.encoders:
+                raise BadInputError(f"The reference's {n} needs the pose controller's {k!r} encoder; this one has "
+                                    f"{', '.join(pc.encoders)}.")
+
         if pose is not None:
             ref.pose = maps_to_tensor(pose, h, w, 1, "reference pose")
         if pose_render is not None:
