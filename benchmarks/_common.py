@@ -36,6 +36,20 @@ def setup(models: bool = True):
     return paths
 
 
+def trained_with(models: str) -> dict:
+    """How a demo model folder (scripts/train_demo_models.py) was trained, from its train_log.json: the reference's own
+    pose (``reference_pose``) and SMPL-X render (``reference_render``) and the kind of SMPL-X render
+    (``smplx_render``); a log without those keys is from before the options existed (off, off, normal)."""
+    path = os.path.join(models, "train_log.json")
+    log = {}
+    if os.path.isfile(path):
+        with open(path) as fh:
+            log = json.load(fh)
+    return {"reference_pose": bool(log.get("reference_pose", False)),
+            "reference_render": bool(log.get("reference_render", False)),
+            "smplx_render": log.get("smplx_render", "normal")}
+
+
 def write_result(name: str, result: dict) -> str:
     out = os.environ.get("BENCH_OUT") or os.path.join(REPO, "out", "benchmarks")  # BENCH_OUT: the smoke tests' folder
     os.makedirs(out, exist_ok=True)

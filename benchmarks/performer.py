@@ -1,8 +1,11 @@
 """The synthetic-performer ablation: does each method in the pack improve the result?  (issue: synthetic performer)
 
     .venv/bin/python benchmarks/performer.py [--seed 1000021 --character 1000007 --motion walk --cross-motion dance --seeds 0 1]
-    … --rows 1-3 --reference-pose on --reference-render --smplx-render semantic --guidance skeleton+smplx   (rows 1-3 of a
-    model trained with --reference-pose --reference-render --smplx-render semantic, guided as it was trained)
+    … --rows 1-3 --guidance skeleton+smplx   (rows 1-3 only, every row guided by skeletons and SMPL-X renders)
+
+The reference's own pose and render and the kind of SMPL-X render follow the model's train_log.json (how
+scripts/train_demo_models.py trained it) unless --reference-pose / --[no-]reference-render / --smplx-render say
+otherwise.
 
 Data (models/evaluate/performer.py, a seed and a spec → ground truth): one performer from the generator's evaluation range
 (identity and sequence seeds >= EVAL_BASE; the demo model trained only below it, so identity, background and motion
@@ -37,7 +40,7 @@ import argparse
 import os
 import time
 
-from _common import REPO, write_result
+from _common import REPO, trained_with, write_result
 
 ROWS = [
     ("gt+noise", "baseline: ground truth + noise"),
@@ -95,19 +98,19 @@ def main():
     ap.add_argument("--personalise-lr", type=float, default=1e-4)
     ap.add_argument("--ivr-steps", type=int, default=600)
     ap.add_argument("--ivr-refresh", type=int, default=200)
-    ap.add_argument("--reference-pose", choices=["on", "off"], default="off",
+    ap.add_argument("--reference-pose", choices=["auto", "on", "off"], default="auto",
                     help="give the reference photo its own skeleton map (Encode Reference's pose input, SCD's pose "
-                         "injection): on for models trained with scripts/train_demo_models.py --reference-pose; the "
-                         "shipped demo model was trained without it")
-    ap.add_argument("--smplx-render", choices=["normal", "semantic"], default="normal",
-                    help="the kind of SMPL-X render the pose controller gets (Render Body's outputs): semantic for models "
-                         "trained with scripts/train_demo_models.py --smplx-render semantic")
+                         "injection); auto: as the model was trained (its train_log.json, scripts/train_demo_models.py "
+                         "--reference-pose)")
+    ap.add_argument("--smplx-render", choices=["auto", "normal", "semantic"], default="auto",
+                    help="the kind of SMPL-X render the pose controller gets (Render Body's outputs); auto: as the model "
+                         "was trained (train_log.json's smplx_render; normal for models from before the option)")
     ap.add_argument("--guidance", choices=["skeleton", "skeleton+smplx"], default="skeleton",
                     help="what rows 1 and 2 are guided by; skeleton+smplx gives them the SMPL-X renders too (row 3 is "
                          "then row 2 and is left out)")
-    ap.add_argument("--reference-render", action="store_true",
-                    help="the reference photo also carries its own SMPL-X render (Encode Reference's pose_render; needs "
-                         "--reference-pose on), for models trained with --reference-render")
+    ap.add_argument("--reference-render", action=argparse.BooleanOptionalAction, default=None,
+                    help="the reference photo also carries its own SMPL-X render (Encode Reference's smplx input; needs "
+                         "the reference pose); default: as the model was trained (train_log.json's reference_render)")
     ap.add_argument("--rows", choices=["all", "1-3", "baselines"], default="all",
                     help="1-3: the baselines and rows 1-3 only (no personalisation, PoseCrafter or IVR), minutes instead "
                          "of an hour; baselines: ground truth + noise and the frozen video only (seconds, no model: how "
@@ -117,6 +120,13 @@ def main():
                          "reference (Sampler Options' reference_uncond)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
     a = ap.parse_args()
+    trained = trained_with(a.models)
+    if a.reference_pose == "auto":
+        a.reference_pose = "on" if trained["reference_pose"] else "off"
+    if a.smplx_render == "auto":
+        a.smplx_render = trained["smplx_render"]
+    if a.reference_render is None:
+        a.reference_render = trained["reference_render"] and a.reference_pose == "on"
     if a.reference_render and a.reference_pose == "off":
         ap.error("--reference-render needs --reference-pose on")
 

@@ -167,3 +167,24 @@ def test_performer_rows_1_to_3_with_semantic_guidance_and_the_reference_render(t
     assert (r["spec"]["smplx_render"], r["spec"]["guidance"], r["spec"]["reference_render"]) == \
         ("semantic", "skeleton+smplx", True)
     assert (tmp_path / "performer_held_out.png").exists() and (tmp_path / "performer_cross_motion.png").exists()
+
+
+def test_performer_follows_how_the_model_was_trained_unless_told(tmp_path):
+    """benchmarks/performer.py reads the reference pose / render and the SMPL-X render kind from the model's
+    train_log.json (auto), flags override it, and --rows baselines scores the two baselines without a model."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "train_log.json").write_text(json.dumps({"reference_pose": True, "reference_render": True,
+                                                       "smplx_render": "semantic"}))
+    for extra, want in (([], ("on", True, "semantic")),
+                        (["--no-reference-render", "--smplx-render", "normal"], ("on", False, "normal")),
+                        (["--reference-pose", "off"], ("off", False, "semantic"))):
+        _run(tmp_path, "performer.py", "--rows", "baselines", "--frames", "10", "--seeds", "0", "--models", str(models),
+             *extra)
+        r = _result(tmp_path, "performer")
+        assert (r["spec"]["reference_pose"], r["spec"]["reference_render"], r["spec"]["smplx_render"]) == want, extra
+        assert sorted(r["mean"]) == ["frozen", "gt+noise"]
+    (models / "train_log.json").write_text(json.dumps({"seed": 0}))  # a log from before the options: off, off, normal
+    _run(tmp_path, "performer.py", "--rows", "baselines", "--frames", "10", "--seeds", "0", "--models", str(models))
+    r = _result(tmp_path, "performer")
+    assert (r["spec"]["reference_pose"], r["spec"]["reference_render"], r["spec"]["smplx_render"]) == ("off", False, "normal")
