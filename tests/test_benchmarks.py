@@ -105,13 +105,30 @@ def test_reference_effect_with_renders_smoke(tmp_path):
     assert r["scores"]["own reference"] != plain["scores"]["own reference"]
 
 
+def _epsilon_twin(tmp_path):
+    """The shipped demo model's weights under ε-prediction scheduler files with ordinary betas (symlinks + two configs)."""
+    src = os.path.join(REPO, "assets", "demo_models")
+    dst = tmp_path / "eps_models"
+    for sub in ("sd15", "motion_adapter"):
+        (dst / sub).mkdir(parents=True)
+        for name in os.listdir(os.path.join(src, sub)):
+            if name not in ("scheduler", "scheduler_config.json"):
+                os.symlink(os.path.join(src, sub, name), dst / sub / name)
+    os.symlink(os.path.join(src, "pose_controller.safetensors"), dst / "pose_controller.safetensors")
+    cfg = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+           "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon"}
+    (dst / "sd15" / "scheduler").mkdir()
+    (dst / "sd15" / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler", **cfg}))
+    (dst / "motion_adapter" / "scheduler_config.json").write_text(json.dumps(cfg))
+    return str(dst)
+
+
 def test_reference_signal_refuses_models_without_zero_terminal_snr(tmp_path):
     """benchmarks/reference_signal.py decodes the first step's x0 = −v, which holds only at zero terminal SNR with
-    v-prediction: the shipped ε demo model is refused with that reason, not scored wrongly."""
+    v-prediction: an ε model is refused with that reason, not scored wrongly."""
     env = guarded_env(tmp_path / "netguard.log", BENCH_OUT=str(tmp_path), BENCH_THREADS="1")
     p = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "reference_signal.py"), "--models",
-                        os.path.join(REPO, "assets", "demo_models")], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=600)
+                        _epsilon_twin(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode != 0 and "v-prediction model with zero terminal SNR" in p.stderr, p.stderr[-2000:]
     assert not (tmp_path / "reference_signal.json").exists()
 
