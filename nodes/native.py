@@ -403,9 +403,11 @@ class PoseGuidancePatch:
     Features are computed once per sampling run (``OUTER_SAMPLE``) at the run's latent size on the model's device and
     released when it ends; each call picks its frames by the context window's indices."""
 
-    def __init__(self, controller, skeleton, smplx, reference_pose, strength: float, start_percent: float, end_percent: float):
+    def __init__(self, controller, skeleton, smplx, reference_pose, strength: float, start_percent: float, end_percent: float,
+                 reference_smplx=None):
         self.controller = controller  # the pack's PoseController (CPU, eval); moved to the load device for the run only
-        self.skeleton, self.smplx, self.reference_pose = skeleton, smplx, reference_pose  # IMAGE batches or None
+        self.skeleton, self.smplx = skeleton, smplx  # IMAGE batches or None
+        self.reference_pose, self.reference_smplx = reference_pose, reference_smplx  # one IMAGE each, or None
         self.strength, self.start_percent, self.end_percent = float(strength), float(start_percent), float(end_percent)
         self.run: Optional[_PoseRun] = None
         self.runs = 0
@@ -425,9 +427,12 @@ class PoseGuidancePatch:
             with torch.no_grad():
                 feats = pose_features(pc, sk, sm, self.strength)
                 ref = None
-                if self.reference_pose is not None:
-                    rp = maps_to_tensor(self.reference_pose, h * ds, w * ds, 1, "reference pose")
-                    ref = pose_features(pc, rp, None, self.strength)
+                if self.reference_pose is not None or self.reference_smplx is not None:
+                    rp = None if self.reference_pose is None else \
+                        maps_to_tensor(self.reference_pose, h * ds, w * ds, 1, "reference pose")
+                    rs = None if self.reference_smplx is None else \
+                        maps_to_tensor(self.reference_smplx, h * ds, w * ds, 1, "reference SMPL-X render")
+                    ref = pose_features(pc, rp, rs, self.strength)
         finally:
             self.controller.to("cpu")
         return feats, ref
@@ -449,7 +454,7 @@ class PoseGuidancePatch:
         if run is None or run.feats is None or self.strength == 0.0:
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         if transformer_options.get(REFERENCE_PASS):
-            add = run.ref_feat  # the reference's own pose, when given (the pipe's reference_pose option)
+            add = run.ref_feat  # the reference's own pose / render, when given (the pipe's reference_pose option)
         else:
             if not _in_range(run.sigma_range, transformer_options.get("sigmas")):
                 return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
@@ -463,7 +468,7 @@ class PoseGuidancePatch:
 
 
 def apply_pose_guidance(model, controller, skeleton=None, smplx=None, reference_pose=None, strength: float = 1.0,
-                        start_percent: float = 0.0, end_percent: float = 1.0):
+                        start_percent: float = 0.0, end_percent: float = 1.0, reference_smplx=None):
     """A clone of core ``model`` whose input gets the pose controller's features (``controller``: the pack's
     ``PoseController``; maps: IMAGE batches). Returns (clone, patch)."""
     import comfy.patcher_extension as pe
@@ -487,6 +492,8 @@ def apply_pose_guidance(model, controller, skeleton=None, smplx=None, reference_
                             "controller trained on them.")
     if reference_pose is not None and "skeleton" not in controller.encoders:
         raise BadInputError("reference_pose is a skeleton map, but this pose controller has no skeleton encoder.")
+    if reference_smplx is not None and "smplx" not in controller.encoders:
+        raise BadInputError("reference_smplx is an SMPL-X render, but this pose controller has no smplx encoder.")
     if skeleton is not None and smplx is not None and skeleton.shape[0] != smplx.shape[0]:
         raise BadInputError(f"skeleton has {skeleton.shape[0]} frames but smplx has {smplx.shape[0]}; they must come "
                             "from the same driving video.")
@@ -500,7 +507,7 @@ def apply_pose_guidance(model, controller, skeleton=None, smplx=None, reference_
     if POSE_KEY in model.wrappers.get(pe.WrappersMP.DIFFUSION_MODEL, {}):
         raise BadInputError("This MODEL already has Apply Pose Guidance; apply it once (a second would add the poses twice).")
     patch = PoseGuidancePatch(controller.eval().requires_grad_(False), skeleton, smplx, reference_pose, strength,
-                              start_percent, end_percent)
+                              start_percent, end_percent, reference_smplx)
     m = model.clone()
     m.add_wrapper_with_key(pe.WrappersMP.OUTER_SAMPLE, POSE_KEY, patch.outer_sample)
     m.add_wrapper_with_key(pe.WrappersMP.DIFFUSION_MODEL, POSE_KEY, patch.diffusion_model)
@@ -953,6 +960,10 @@ class PerformerApplyPoseGuidance(io.ComfyNode):
                     io.Image.Input("reference_pose", optional=True,
                                    tooltip="The reference image's own skeleton map, added to the causal reference's "
                                            "pass (used with Apply Causal Reference)."),
+                    io.Image.Input("reference_smplx", optional=True,
+                                   tooltip="The reference image's own SMPL-X render (the same kind as smplx), added "
+                                           "to the causal reference's pass with reference_pose; for controllers "
+                                           "trained with it (the demo model: --reference-render)."),
                     io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.05,
                                    tooltip="Scale of the pose features: 1 = as trained, 0 = off (exactly the unpatched model)."),
                     *_range_inputs("Guide")],
@@ -961,12 +972,13 @@ class PerformerApplyPoseGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, pose_controller, strength, start_percent, end_percent, skeleton=None, smplx=None,
-                reference_pose=None) -> io.NodeOutput:
+                reference_pose=None, reference_smplx=None) -> io.NodeOutput:
         from ..models.guidance.pose_controller import load_pose_controller
         from ._common import resolve
 
         pc = load_pose_controller(resolve(pose_controller, ("performer_adapters",)), device="cpu")
-        m, _ = apply_pose_guidance(model, pc, skeleton, smplx, reference_pose, strength, start_percent, end_percent)
+        m, _ = apply_pose_guidance(model, pc, skeleton, smplx, reference_pose, strength, start_percent, end_percent,
+                                   reference_smplx)
         return io.NodeOutput(m)
 
 

@@ -230,6 +230,35 @@ def test_pose_guidance_parity_with_the_pipe(setup, cfg):
     assert patch.runs == 1 and patch.run is None and patch.last_calls == [[0, 1, 2]] * STEPS
 
 
+def test_reference_pose_and_render_parity_with_the_pipe(setup):
+    """SCD's pose injection on both paths: the reference's own skeleton and SMPL-X render through the pose controller
+    in the reference pass (Apply Pose Guidance's reference_pose / reference_smplx against Encode Reference's pose /
+    smplx), as the demo model is trained; each map changes the video."""
+    import dataclasses
+
+    from performer_pkg.models.errors import BadInputError
+    from performer_pkg.models.sampling.sampler import VideoSettings, encode_reference, sample_video
+
+    pc = tm.tiny_pose_controller(downsample=2)
+    bb = setup["bb"].with_parts(pose_controller=pc)
+    rp, rs = _maps(23, n=1), _maps(24, n=1)
+    ref = encode_reference(bb, setup["ref"].image, noise_aug=0.0, face="off", pose=rp, pose_render=rs)
+    s = VideoSettings(frames=FRAMES, width=SIZE, height=SIZE, steps=STEPS, cfg=3.0, seed=3, prompt="a person dancing",
+                      window=16, stride=8, scheduler="ddim")
+    pipe = sample_video(bb, s, ref, skeleton=_maps(21), smplx=_maps(22))
+    m, _ = patched(setup)
+    m, patch = posed(m, pc, reference_pose=rp, reference_smplx=rs)
+    core = core_sample(m, setup, pipe_noise(), 3.0)
+    assert (core - pipe).abs().max() < 1e-4
+    no_render = sample_video(bb, s, dataclasses.replace(ref, pose_render=None), skeleton=_maps(21), smplx=_maps(22))
+    assert (pipe - no_render).abs().max() > 1e-4  # the render did something, and the same thing on both paths
+    only_sk = tm.tiny_pose_controller(downsample=2, kinds=("skeleton",))
+    with pytest.raises(BadInputError, match="reference_smplx is an SMPL-X render, but this pose controller has no smplx"):
+        from performer_pkg.nodes.native import apply_pose_guidance
+
+        apply_pose_guidance(setup["model"], only_sk, _maps(21), reference_smplx=rs)
+
+
 def test_pose_guidance_strength_zero_exact_original_untouched_and_windows_pick_their_frames(setup):
     from comfy_extras.nodes_context_windows import ContextWindowsManualNode
 
