@@ -39,8 +39,9 @@ NOTES = {
         "The preview shows every refresh; pick one in its list."),
     "performer_demo_synthetic": (
         "The demo (make demo): a synthetic performer from the evaluation range (the pack generates it, with ground "
-        "truth) animated from its first frame and its poses by the small model trained only on the training range, "
-        "then scored against the ground truth (PSNR, SSIM, mask IoU, face PSNR, per-part colour distance, flow "
+        "truth) animated from its first frame and its poses by the small model trained only on the training range "
+        "(causal reference attention, the reference with its own skeleton and SMPL-X render; pose guidance from "
+        "skeletons and SMPL-X semantic renders of its bodies), then scored against the ground truth (PSNR, SSIM, mask IoU, face PSNR, per-part colour distance, flow "
         "end-point error, warping error, flicker).\n\n"
         "Models: assets/demo_models of this repository, copied by make demo into diffusers/, animatediff_models/ and "
         "performer/adapters/. Change the performer's seed, character (identity) or motion; keep both seeds at "
