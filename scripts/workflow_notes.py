@@ -41,8 +41,8 @@ NOTES = {
         "The demo (make demo): a synthetic performer from the evaluation range (the pack generates it, with ground "
         "truth) animated from its first frame and its poses by the small model trained only on the training range "
         "(causal reference attention, the reference with its own skeleton and SMPL-X render; pose guidance from "
-        "skeletons and SMPL-X semantic renders of its bodies), then scored against the ground truth (PSNR, SSIM, mask IoU, face PSNR, per-part colour distance, flow "
-        "end-point error, warping error, flicker).\n\n"
+        "skeletons and SMPL-X semantic renders of its bodies), then scored against the ground truth (PSNR, SSIM, "
+        "mask IoU, face PSNR, per-part colour distance, flow end-point error, warping error, flicker).\n\n"
         "Models: assets/demo_models of this repository, copied by make demo into diffusers/, animatediff_models/ and "
         "performer/adapters/. Change the performer's seed, character (identity) or motion; keep both seeds at "
         "1000000 or above for people and scenes the demo model never saw."),

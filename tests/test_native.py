@@ -238,6 +238,7 @@ def test_reference_pose_and_render_parity_with_the_pipe(setup):
 
     from performer_pkg.models.errors import BadInputError
     from performer_pkg.models.sampling.sampler import VideoSettings, encode_reference, sample_video
+    from performer_pkg.nodes.native import apply_pose_guidance
 
     pc = tm.tiny_pose_controller(downsample=2)
     bb = setup["bb"].with_parts(pose_controller=pc)
@@ -254,8 +255,6 @@ def test_reference_pose_and_render_parity_with_the_pipe(setup):
     assert (pipe - no_render).abs().max() > 1e-4  # the render did something, and the same thing on both paths
     only_sk = tm.tiny_pose_controller(downsample=2, kinds=("skeleton",))
     with pytest.raises(BadInputError, match="reference_smplx is an SMPL-X render, but this pose controller has no smplx"):
-        from performer_pkg.nodes.native import apply_pose_guidance
-
         apply_pose_guidance(setup["model"], only_sk, _maps(21), reference_smplx=rs)
 
 

@@ -144,13 +144,13 @@ def encode_reference(bb, image: torch.Tensor, noise_aug: float = 0.02, seed: int
         from ..guidance.pose_controller import maps_to_tensor
 
         pc = getattr(bb, "pose_controller", None)
-        given = [n for n, x, k in (("pose", pose, "skeleton"), ("pose_render", pose_render, "smplx")) if x is not None]
+        given = [(n, k) for n, x, k in (("pose", pose, "skeleton"), ("pose_render", pose_render, "smplx")) if x is not None]
+        names = " and ".join(n for n, _ in given)
         if pc is None:
-            raise BadInputError(f"The reference's {' and '.join(given)} go through the pipe's pose controller, but this "
-                                "pipe has none: add one with Add Pose Controller before Encode Reference, or leave "
-                                f"{' and '.join(given)} unconnected.")
-        for n, x, k in (("pose", pose, "skeleton"), ("pose_render", pose_render, "smplx")):
-            if x is not None and k not in pc.encoders:
+            raise BadInputError(f"The reference's {names} go through the pipe's pose controller, but this pipe has none: "
+                                f"add one with Add Pose Controller before Encode Reference, or leave {names} unconnected.")
+        for n, k in given:
+            if k not in pc.encoders:
                 raise BadInputError(f"The reference's {n} needs the pose controller's {k!r} encoder; this one has "
                                     f"{', '.join(pc.encoders)}.")
 
