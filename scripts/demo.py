@@ -4,9 +4,9 @@ With `assets/demo_models` (the small model scripts/train_demo_models.py trains o
 held-out synthetic performer from its first frame, its poses and its SMPL-X bodies (causal reference attention, the
 reference carrying its own skeleton and SMPL-X render, + the pose controller on skeleton maps and SMPL-X semantic
 renders), and once plainly (the same pose guidance, no reference attention), and scores both against the ground
-truth.  Without that folder it falls back to the smoke workflow on tiny random
-weights.  Writes out/demo/performer_demo.mp4, contact sheets, the README's picture (demo_contact_sheet.png: ground truth, with
-reference attention, plain) and out/demo/metrics.json."""
+truth.  Without that folder it falls back to the smoke workflow on tiny random weights.  Writes
+out/demo/performer_demo.mp4, contact sheets, the README's picture (demo_contact_sheet.png: ground truth, with reference
+attention, plain) and out/demo/metrics.json."""
 import io
 import json
 import os
@@ -61,8 +61,10 @@ def performer_demo(out):
     plain["8"]["inputs"]["options"] = ["20", 0]  # plain: the same pose guidance, no reference attention
     plain["11"]["inputs"]["filename_prefix"] = "performer/demo_plain"
     plain["12"]["inputs"]["filename_prefix"] = "performer/demo_plain_sheet"
-    for p, prefix in ((prompt, "performer/demo_frames"), (plain, "performer/demo_plain_frames")):  # exact frames for the figure
+    # exact frames for the figure: each run's video, and the ground truth its performer node generated
+    for p, prefix in ((prompt, "performer/demo_frames"), (plain, "performer/demo_plain_frames")):
         p["30"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}}
+    prompt["31"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "performer/demo_truth"}}
     work = os.path.join(out, "host")
     shutil.rmtree(work, ignore_errors=True)
     results, frames = {}, {}
@@ -83,17 +85,17 @@ def performer_demo(out):
                 fh.write(host.view(video))
             with open(os.path.join(out, f"contact_sheet{suffix}.png"), "wb") as fh:
                 fh.write(host.view(sheet))
-            pngs = sorted((f for f in files if "_frames" in f["filename"]), key=lambda f: f["filename"])
-            frames[name] = np.stack([np.asarray(Image.open(io.BytesIO(host.view(f))).convert("RGB")) for f in pngs])
+            for key, part in ((name, "_frames"), ("truth", "_truth")):
+                pngs = sorted((f for f in files if part in f["filename"]), key=lambda f: f["filename"])
+                if pngs:
+                    frames[key] = np.stack([np.asarray(Image.open(io.BytesIO(host.view(f))).convert("RGB")) for f in pngs])
         t2 = time.time()
     with open(os.path.join(DEMO_MODELS, "train_log.json")) as fh:
         train = json.load(fh)
     spec = next(n["inputs"] for n in prompt.values() if n["class_type"] == "PerformerSyntheticPerformer")
-    from performer_pkg.models.evaluate.performer import PerformerSpec, generate, split_of
+    from performer_pkg.models.evaluate.performer import split_of
 
-    truth = generate(PerformerSpec(seed=spec["seed"], character=spec["character"], motion=spec["motion"],
-                                   frames=spec["frames"], size=spec["size"], stripes=spec["stripes"]))["rgb"]
-    Image.fromarray(figure({"ground truth": truth, "reference attention": frames["pack"],
+    Image.fromarray(figure({"ground truth": frames["truth"], "reference attention": frames["pack"],
                             "plain (no reference)": frames["plain"]})).save(os.path.join(out, "demo_contact_sheet.png"))
 
     metrics = {"workflow": "tests/workflows/performer_demo_synthetic.api.json",
